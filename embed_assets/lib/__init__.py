@@ -1,0 +1,1 @@
+"""Dagster-free domain code: settings, database, schema, import formats, chunking, embedders, store."""

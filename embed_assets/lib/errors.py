@@ -1,0 +1,23 @@
+"""Error types that carry a message a user can act on (what is wrong, and the fix)."""
+
+from __future__ import annotations
+
+
+class EmbedAssetsError(Exception):
+    """Base class: the message names the thing that is wrong and the fix."""
+
+
+class ConfigError(EmbedAssetsError):
+    """The deployment is misconfigured (key, model, database, dimensions). Retrying cannot help."""
+
+
+class ProviderError(EmbedAssetsError):
+    """The embedding provider rejected a request for a reason retrying cannot fix (400/401/403/404)."""
+
+
+class TransientProviderError(EmbedAssetsError):
+    """The provider kept failing with retryable errors (429/5xx/timeouts) past the retry budget."""
+
+
+class InputError(EmbedAssetsError):
+    """A transcript file or record is malformed; nothing from it was stored."""

@@ -1,0 +1,243 @@
+"""Chunk plans and vectors in Postgres: diff by content hash, binary COPY, one transaction per recording.
+
+Why a diff and not delete-all + insert: HNSW maintenance dominates vector writes, and deleting rows churns
+the index as much as inserting them (DESIGN.md principle 4). So a re-materialization deletes and writes
+only the rows whose content hash changed; an unchanged recording costs no vector writes at all.
+Every writer takes the recording's advisory lock and re-reads under it, so retries, two concurrent runs
+of one partition and a kill -9 mid-write all end with exactly one consistent copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+from embed_assets.lib.chunking import Chunk
+from embed_assets.lib.errors import ConfigError, EmbedAssetsError
+from embed_assets.lib.schema import vector_dimension
+from embed_assets.lib.sources import lock_recording
+
+
+class SourceChangedError(EmbedAssetsError):
+    """The recording changed or vanished while we worked on it; the next run picks up the new version."""
+
+
+@dataclass(frozen=True)
+class PlanWrite:
+    chunks: int
+    inserted: int
+    deleted: int
+    unchanged: int
+
+
+def write_chunk_plan(
+    conn: psycopg.Connection,
+    recording_id: str,
+    model_id: str,
+    source_hash: str,
+    chunker: str,
+    chunks: Sequence[Chunk],
+) -> PlanWrite:
+    """Replace the recording's chunk rows for ``model_id`` with ``chunks``, touching only changed rows."""
+    with conn.transaction():
+        lock_recording(conn, recording_id)
+        row = conn.execute(
+            "SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)
+        ).fetchone()
+        if row is None:
+            raise SourceChangedError(f"recording {recording_id!r} was deleted from the source while chunking")
+        if row[0] != source_hash:
+            raise SourceChangedError(
+                f"recording {recording_id!r} changed in the source while chunking; re-run its partition"
+            )
+        existing = dict(
+            conn.execute(
+                "SELECT chunk_index, content_hash FROM chunks WHERE recording_id = %s AND model = %s",
+                (recording_id, model_id),
+            ).fetchall()
+        )
+        wanted = {c.chunk_index: c for c in chunks}
+        stale = [i for i, h in existing.items() if i not in wanted or wanted[i].content_hash != h]
+        new = [c for c in chunks if existing.get(c.chunk_index) != c.content_hash]
+        if stale:
+            conn.execute(
+                "DELETE FROM chunks WHERE recording_id = %s AND model = %s AND chunk_index = ANY(%s)",
+                (recording_id, model_id, stale),
+            )
+        if new:
+            with conn.cursor().copy(
+                """COPY chunks (recording_id, model, chunk_index, content, first_seq, last_seq, start_s, end_s,
+                                speakers, token_count, content_hash) FROM STDIN"""
+            ) as copy:
+                for c in new:
+                    copy.write_row(
+                        (recording_id, model_id, c.chunk_index, c.content, c.first_seq, c.last_seq,
+                         c.start_s, c.end_s, list(c.speakers), c.token_count, c.content_hash)
+                    )
+        conn.execute(
+            """INSERT INTO chunk_plans (recording_id, model, source_hash, chunk_count, chunker)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (recording_id, model) DO UPDATE
+               SET source_hash = EXCLUDED.source_hash, chunk_count = EXCLUDED.chunk_count,
+                   chunker = EXCLUDED.chunker, chunked_at = now()
+               WHERE (chunk_plans.source_hash, chunk_plans.chunk_count, chunk_plans.chunker)
+                     IS DISTINCT FROM (EXCLUDED.source_hash, EXCLUDED.chunk_count, EXCLUDED.chunker)""",
+            (recording_id, model_id, source_hash, len(chunks), chunker),
+        )
+    return PlanWrite(len(chunks), len(new), len(stale), len(chunks) - len(new))
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    chunk_index: int
+    content: str
+    content_hash: str
+    token_count: int
+
+
+@dataclass
+class EmbeddingPlan:
+    """What one recording needs: chunks already embedded in place, chunks whose vector exists elsewhere
+    (same model and text: a cache hit, no provider call) and chunks to send to the provider."""
+
+    recording_id: str
+    model_id: str
+    source_hash: str
+    chunked_at: object  # chunk_plans.chunked_at: the plan version the diff was made against
+    chunk_count: int
+    in_place: int
+    cached: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)
+    to_embed: list[PendingChunk] = field(default_factory=list)
+
+
+def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) -> EmbeddingPlan:
+    """Diff the recording's chunk plan against its stored vectors. Raises if it was never chunked."""
+    register_vector(conn)
+    plan = conn.execute(
+        "SELECT source_hash, chunked_at FROM chunk_plans WHERE recording_id = %s AND model = %s",
+        (recording_id, model_id),
+    ).fetchone()
+    if plan is None:
+        raise SourceChangedError(
+            f"recording {recording_id!r} has no chunks for model {model_id!r}; "
+            "materialize transcript_chunks for this partition first"
+        )
+    rows = conn.execute(
+        """SELECT c.chunk_index, c.content, c.content_hash, c.token_count, v.content_hash
+           FROM chunks c
+           LEFT JOIN chunk_vectors v ON v.recording_id = c.recording_id AND v.model = c.model
+                                     AND v.chunk_index = c.chunk_index
+           WHERE c.recording_id = %s AND c.model = %s ORDER BY c.chunk_index""",
+        (recording_id, model_id),
+    ).fetchall()
+    missing = [PendingChunk(r[0], r[1], r[2], r[3]) for r in rows if r[4] != r[2]]
+    result = EmbeddingPlan(recording_id, model_id, plan[0], plan[1], len(rows), len(rows) - len(missing))
+    if missing:
+        found = dict(
+            conn.execute(
+                """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM chunk_vectors
+                   WHERE model = %s AND content_hash = ANY(%s)""",
+                (model_id, list({m.content_hash for m in missing})),
+            ).fetchall()
+        )
+        for m in missing:
+            if m.content_hash in found:
+                result.cached[m.chunk_index] = (m.content_hash, found[m.content_hash])
+            else:
+                result.to_embed.append(m)
+    return result
+
+
+@dataclass(frozen=True)
+class VectorWrite:
+    written: int
+    deleted: int
+    statements: int
+    seconds: float
+
+
+def write_vectors(
+    conn: psycopg.Connection,
+    plan: EmbeddingPlan,
+    vectors: dict[int, tuple[str, np.ndarray]],
+    *,
+    insert_batch_size: int,
+    statement_timeout_ms: int,
+) -> VectorWrite:
+    """Write the recording's new vectors in one transaction: delete rows whose chunk changed, then binary
+    COPY the new ones in statements of ``insert_batch_size`` rows, each under ``statement_timeout_ms``."""
+    started = time.perf_counter()
+    register_vector(conn)
+    rows = {**plan.cached, **vectors}
+    with conn.transaction():
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
+        lock_recording(conn, plan.recording_id)
+        current = conn.execute(
+            "SELECT chunked_at FROM chunk_plans WHERE recording_id = %s AND model = %s",
+            (plan.recording_id, plan.model_id),
+        ).fetchone()
+        if current is None or current[0] != plan.chunked_at:
+            raise SourceChangedError(
+                f"recording {plan.recording_id!r} was re-chunked or deleted during embedding; "
+                "nothing was written, re-run its partition"
+            )
+        dim = vector_dimension(conn)
+        for idx, (_, vec) in rows.items():
+            if dim is not None and vec.shape != (dim,):
+                raise ConfigError(
+                    f"chunk {idx} of {plan.recording_id!r} has a {vec.shape[0]}-dim vector but chunk_vectors "
+                    f"holds {dim}-dim vectors; nothing was written. Check EMBED_MODEL / EMBED_DIMENSIONS"
+                )
+        # Delete vectors of chunks that changed or no longer exist (only those: deletes churn the index).
+        deleted = conn.execute(
+            """DELETE FROM chunk_vectors v
+               WHERE v.recording_id = %s AND v.model = %s
+                 AND NOT EXISTS (SELECT 1 FROM chunks c
+                                 WHERE c.recording_id = v.recording_id AND c.model = v.model
+                                   AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash)""",
+            (plan.recording_id, plan.model_id),
+        ).rowcount
+        # A concurrent run of the same partition may have written some of these rows already: skip them.
+        have = dict(
+            conn.execute(
+                "SELECT chunk_index, content_hash FROM chunk_vectors WHERE recording_id = %s AND model = %s",
+                (plan.recording_id, plan.model_id),
+            ).fetchall()
+        )
+        items = sorted((i, r) for i, r in rows.items() if have.get(i) != r[0])
+        statements = 0
+        cur = conn.cursor()
+        for start in range(0, len(items), max(1, insert_batch_size)):
+            with cur.copy(
+                """COPY chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
+                   FROM STDIN WITH (FORMAT BINARY)"""
+            ) as copy:
+                copy.set_types(["text", "text", "int4", "text", "vector"])
+                for idx, (h, vec) in items[start : start + insert_batch_size]:
+                    copy.write_row((plan.recording_id, plan.model_id, idx, h, vec))
+            statements += 1
+        conn.execute(
+            """INSERT INTO embedded_recordings (recording_id, model, source_hash, chunk_count)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (recording_id, model) DO UPDATE
+               SET source_hash = EXCLUDED.source_hash, chunk_count = EXCLUDED.chunk_count,
+                   embedded_at = now()""",
+            (plan.recording_id, plan.model_id, plan.source_hash, plan.chunk_count),
+        )
+    return VectorWrite(len(items), max(deleted, 0), statements, time.perf_counter() - started)
+
+
+def delete_recording_outputs(conn: psycopg.Connection, recording_id: str) -> int:
+    """Remove a recording's chunks and vectors (all models). Returns the vectors deleted."""
+    with conn.transaction():
+        lock_recording(conn, recording_id)
+        n = conn.execute("DELETE FROM chunk_vectors WHERE recording_id = %s", (recording_id,)).rowcount
+        conn.execute("DELETE FROM embedded_recordings WHERE recording_id = %s", (recording_id,))
+        conn.execute("DELETE FROM chunks WHERE recording_id = %s", (recording_id,))
+        conn.execute("DELETE FROM chunk_plans WHERE recording_id = %s", (recording_id,))
+    return n

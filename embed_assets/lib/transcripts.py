@@ -1,0 +1,325 @@
+"""Transcript import formats (JSON, JSONL, WebVTT, SRT) and their validation. No database here.
+
+Every problem becomes an `InputProblem` naming the file (and line or segment) and what to change; a file's
+good records are still returned. NUL bytes and other control characters are *stripped* from text (Postgres
+text cannot hold NUL, and one stray byte should not cost a whole call) and reported as warnings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+MAX_ID_LENGTH = 200
+MAX_SEGMENT_CHARS = 500_000  # ~120k tokens: a 1 MB single "segment" is a broken export, not a turn
+SUFFIXES = (".json", ".jsonl", ".vtt", ".srt")
+# Substrings Dagster partition keys cannot hold, plus the characters its CLI and multi-partitions reserve.
+_FORBIDDEN_ID_PARTS = ("...", ",", "|", "[", "]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Segment:
+    speaker: str
+    text: str
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Transcript:
+    recording_id: str
+    segments: tuple[Segment, ...]
+    title: str | None = None
+    started_at: datetime | None = None
+    source: str = ""
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of what the embeddings depend on: the segments (speaker, text, times), in order."""
+        h = hashlib.sha256()
+        for s in self.segments:
+            h.update(json.dumps([s.speaker, s.text, s.start_s, s.end_s], ensure_ascii=False).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    where: str
+    message: str
+    fatal: bool = True  # False: a warning, the record still loads
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class Parsed:
+    transcripts: list[Transcript] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+
+
+def validate_recording_id(value: Any) -> str | None:
+    """None when `value` is a usable recording id (and Dagster partition key), else what is wrong."""
+    if not isinstance(value, str):
+        return f"recording_id must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "recording_id is empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"recording_id is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
+    if value != value.strip():
+        return "recording_id has leading or trailing whitespace; remove it"
+    if any(ch in value for ch in ("\n", "\r", "\t")) or _CONTROL.search(value):
+        return "recording_id contains control characters; use printable characters only"
+    for part in _FORBIDDEN_ID_PARTS:
+        if part in value:
+            return f"recording_id contains {part!r}, which Dagster partition keys cannot hold; rename it"
+    return None
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """Strip control characters (NUL included) except tab/newline; normalise to NFC. Returns (text, removed)."""
+    cleaned, removed = _CONTROL.subn("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return unicodedata.normalize("NFC", cleaned), removed
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def transcript_from_obj(obj: Any, where: str) -> tuple[Transcript | None, list[InputProblem]]:
+    """Validate one JSON object of the import format."""
+    if not isinstance(obj, dict):
+        return None, [InputProblem(where, f"expected a JSON object, got {type(obj).__name__}")]
+    if "recording_id" not in obj:
+        return None, [InputProblem(where, 'missing "recording_id"; add it (a string, unique per call)')]
+    rid = obj["recording_id"]
+    if (err := validate_recording_id(rid)) is not None:
+        return None, [InputProblem(where, err)]
+    where = f"{where} ({rid})"
+    if "segments" not in obj:
+        return None, [InputProblem(where, 'missing "segments"; add a list of {"speaker", "text"} objects')]
+    raw_segments = obj["segments"]
+    if not isinstance(raw_segments, list):
+        return None, [InputProblem(where, f'"segments" must be a list, got {type(raw_segments).__name__}')]
+    title = obj.get("title")
+    if title is not None and not isinstance(title, str):
+        return None, [InputProblem(where, f'"title" must be a string, got {type(title).__name__}')]
+    started_at = None
+    if obj.get("started_at") is not None:
+        try:
+            started_at = datetime.fromisoformat(str(obj["started_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            return None, [InputProblem(where, f'"started_at" {obj["started_at"]!r} is not an ISO 8601 time')]
+    segments: list[Segment] = []
+    problems: list[InputProblem] = []
+    for i, seg in enumerate(raw_segments):
+        try:
+            segments.append(_segment_from_obj(seg, f"{where} segment {i}", problems))
+        except ValueError as e:
+            return None, [*problems, InputProblem(f"{where} segment {i}", str(e))]
+    if not segments:
+        return None, [InputProblem(where, "empty transcript: no segments; nothing to embed")]
+    return Transcript(rid, tuple(segments), title, started_at, where), problems
+
+
+def _segment_from_obj(seg: Any, where: str, problems: list[InputProblem]) -> Segment:
+    if not isinstance(seg, dict):
+        raise ValueError(f"expected an object with speaker and text, got {type(seg).__name__}")
+    text = seg.get("text")
+    if text is None:
+        raise ValueError('missing "text"')
+    if not isinstance(text, str):
+        raise ValueError(f'"text" must be a string, got {type(text).__name__}')
+    speaker = seg.get("speaker")
+    if speaker is None:
+        speaker = "unknown"
+    if not isinstance(speaker, str):
+        raise ValueError(f'"speaker" must be a string, got {type(speaker).__name__}')
+    return _make_segment(speaker, text, seg.get("start_s"), seg.get("end_s"), where, problems)
+
+
+def _make_segment(
+    speaker: str, text: str, start: Any, end: Any, where: str, problems: list[InputProblem]
+) -> Segment:
+    if len(text) > MAX_SEGMENT_CHARS:
+        raise ValueError(
+            f"segment text is {len(text):,} characters; the limit is {MAX_SEGMENT_CHARS:,}. "
+            "Split the turn into several segments"
+        )
+    text, removed = clean_text(text)
+    speaker, removed_sp = clean_text(speaker)
+    if removed or removed_sp:
+        problems.append(InputProblem(where, f"stripped {removed + removed_sp} control character(s)", False))
+    if not text.strip():
+        raise ValueError("segment has no text; drop the segment or fill in its text")
+    start_s, end_s = _number(start, "start_s"), _number(end, "end_s")
+    if start_s is not None and end_s is not None and end_s < start_s:
+        raise ValueError(f"end_s {end_s} is before start_s {start_s}")
+    return Segment(speaker.strip() or "unknown", text.strip(), start_s, end_s)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
+
+
+def parse_json(path: Path, text: str) -> Parsed:
+    out = Parsed()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        out.problems.append(InputProblem(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})"))
+        return out
+    _add(out, *transcript_from_obj(obj, str(path)))
+    return out
+
+
+def parse_jsonl(path: Path, text: str) -> Parsed:
+    out = Parsed()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.problems.append(InputProblem(f"{path}:{lineno}", f"malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        _add(out, *transcript_from_obj(obj, f"{path}:{lineno}"))
+    return out
+
+
+def _add(out: Parsed, transcript: Transcript | None, problems: list[InputProblem]) -> None:
+    out.problems.extend(problems)
+    if transcript is not None:
+        out.transcripts.append(transcript)
+
+
+_TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
+_VOICE = re.compile(r"^<v(?:\.[^ >]*)?\s+([^>]+)>(.*?)(?:</v>)?$", re.S)
+_SPEAKER_PREFIX = re.compile(r"^([A-Z][\w .'-]{0,40}):\s+(.+)$", re.S)
+_TAG = re.compile(r"</?[^>]+>")
+
+
+def _seconds(stamp: str) -> float:
+    m = _TIME.fullmatch(stamp.strip())
+    if not m:
+        raise ValueError(f"bad timestamp {stamp.strip()!r}")
+    h, mi, s, ms = m.groups()
+    return int(h or 0) * 3600 + int(mi) * 60 + int(s) + int(ms.ljust(3, "0")) / 1000
+
+
+def _cues(path: Path, text: str, vtt: bool) -> Parsed:
+    """WebVTT and SRT: blocks separated by blank lines, a `start --> end` line, then the cue text.
+    The speaker comes from a WebVTT voice tag (<v Dana>) or a `Name: ` prefix; else "unknown"."""
+    out = Parsed()
+    rid = path.stem
+    if (err := validate_recording_id(rid)) is not None:
+        out.problems.append(InputProblem(str(path), f"file name gives the recording id: {err}"))
+        return out
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if vtt and not (lines and lines[0].startswith("WEBVTT")):
+        out.problems.append(InputProblem(f"{path}:1", 'not a WebVTT file: the first line must be "WEBVTT"'))
+        return out
+    segments: list[Segment] = []
+    problems: list[InputProblem] = []
+    i = 0
+    while i < len(lines):
+        if "-->" not in lines[i]:
+            i += 1
+            continue
+        lineno = i + 1
+        start_raw, _, rest = lines[i].partition("-->")
+        try:
+            start_s, end_s = _seconds(start_raw), _seconds(rest.strip().split(" ")[0])
+        except ValueError as e:
+            out.problems.append(InputProblem(f"{path}:{lineno}", f"{e}; expected HH:MM:SS.mmm"))
+            return out
+        i += 1
+        body: list[str] = []
+        while i < len(lines) and lines[i].strip():
+            body.append(lines[i])
+            i += 1
+        cue = "\n".join(body).strip()
+        speaker = "unknown"
+        if m := _VOICE.match(cue):
+            speaker, cue = m.group(1).strip(), m.group(2)
+        cue = _TAG.sub("", cue).strip()
+        if speaker == "unknown" and (m := _SPEAKER_PREFIX.match(cue)):
+            speaker, cue = m.group(1).strip(), m.group(2).strip()
+        if not cue:
+            continue  # an empty cue carries nothing to embed
+        try:
+            segments.append(_make_segment(speaker, cue, start_s, end_s, f"{path}:{lineno}", problems))
+        except ValueError as e:
+            out.problems.extend(problems)
+            out.problems.append(InputProblem(f"{path}:{lineno}", str(e)))
+            return out
+    out.problems.extend(problems)
+    if not segments:
+        out.problems.append(InputProblem(str(path), "empty transcript: no cues with text"))
+        return out
+    out.transcripts.append(Transcript(rid, tuple(segments), None, None, str(path)))
+    return out
+
+
+def parse_file(path: Path) -> Parsed:
+    """Parse one file by its suffix; problems never raise."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return Parsed(problems=[InputProblem(str(path), f"cannot read: {e.strerror}")])
+    try:
+        text = _decode(path, data)
+    except ValueError as e:
+        return Parsed(problems=[InputProblem(str(path), str(e))])
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return parse_json(path, text)
+    if suffix == ".jsonl":
+        return parse_jsonl(path, text)
+    if suffix in (".vtt", ".srt"):
+        return _cues(path, text, vtt=suffix == ".vtt")
+    return Parsed(problems=[InputProblem(str(path), f"unknown format; use one of {', '.join(SUFFIXES)}")])
+
+
+def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named directly, and the importable files under named directories (sorted, recursive)."""
+    for p in paths:
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        else:
+            yield p
+
+
+def reject_duplicates(transcripts: list[Transcript]) -> tuple[list[Transcript], list[InputProblem]]:
+    """A recording id that appears twice in one batch is ambiguous: reject every copy, name every place."""
+    seen: dict[str, list[Transcript]] = {}
+    for t in transcripts:
+        seen.setdefault(t.recording_id, []).append(t)
+    keep = [t for t in transcripts if len(seen[t.recording_id]) == 1]
+    problems = [
+        InputProblem(
+            t.source,
+            f"recording_id {t.recording_id!r} appears {len(group)} times in this batch "
+            f"({', '.join(x.source for x in group)}); load one version",
+        )
+        for group in seen.values()
+        if len(group) > 1
+        for t in group
+    ]
+    return keep, problems
