@@ -1,0 +1,184 @@
+"""The two partitioned assets. A run may carry many partitions (BackfillPolicy): each recording is
+committed on its own, so one bad recording never costs the others their work."""
+
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dagster as dg
+import psycopg
+
+from embed_assets.defs.config import ChunkConfig, EmbedConfig
+from embed_assets.defs.partitions import recordings_partitions
+from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.lib.errors import ConfigError, ProviderError, TransientProviderError
+from embed_assets.lib.pipeline import ChunkStats, EmbedStats, chunk_recording, embed_recording
+from embed_assets.lib.store import SourceChangedError
+
+# Many recordings per backfill run, so 1,000 recordings are 40 process launches, not 1,000.
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
+GROUP = "embeddings"
+
+
+def _fatal(message: str, **metadata: Any) -> dg.Failure:
+    """A failure retrying cannot fix (configuration, 4xx): no step retries, no retry storm."""
+    return dg.Failure(description=message, metadata=metadata, allow_retries=False)
+
+
+def _run_each(
+    context: dg.AssetExecutionContext,
+    keys: Sequence[str],
+    work: Callable[[str], Any],
+    *,
+    step_retries: int,
+    retry_delay_s: float,
+) -> list[Any]:
+    """Run ``work`` per recording. Configuration/provider errors stop everything at once; other errors are
+    collected so the remaining recordings still complete, then the step fails (or retries) naming each."""
+    results, failed, transient = [], {}, False
+    for key in keys:
+        try:
+            results.append(work(key))
+        except ConfigError as e:
+            raise _fatal(str(e), recording=key) from None
+        except ProviderError as e:
+            raise _fatal(f"{key}: {e}", recording=key) from None
+        except psycopg.errors.QueryCanceled as e:
+            # A statement timeout: retrying the same batch size would time out again. The small-batch
+            # schedule is the lever (DESIGN.md), so fail this recording without step retries.
+            failed[key] = (
+                f"statement timeout while writing vectors ({str(e).strip().splitlines()[0]}); "
+                "retry with the small-batch preset (retry_failed_recordings does so automatically)"
+            )
+        except (TransientProviderError, SourceChangedError, psycopg.OperationalError) as e:
+            failed[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            transient = True
+        context.log.info(f"{key}: {'failed' if key in failed else 'done'} ({len(results)}/{len(keys)} done)")
+    if failed:
+        summary = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        if transient and context.retry_number < step_retries:
+            delay = retry_delay_s * 2**context.retry_number
+            context.log.warning(f"{len(failed)} recording(s) failed transiently, retrying in {delay:.0f}s: {summary}")
+            raise dg.RetryRequested(max_retries=step_retries, seconds_to_wait=delay)
+        raise _fatal(
+            f"{len(failed)} of {len(keys)} recording(s) failed: {summary}",
+            failed_recordings=dg.MetadataValue.json(failed),
+        )
+    return results
+
+
+def _per_recording(stats: Sequence[Any]) -> dict[str, Any]:
+    if len(stats) == 1:
+        return {}
+    table = {s.recording_id: {k: v for k, v in s.as_dict().items() if k != "recording_id"} for s in stats[:200]}
+    return {"per_recording": dg.MetadataValue.json(json.loads(json.dumps(table, default=float)))}
+
+
+@dg.asset(
+    partitions_def=recordings_partitions,
+    backfill_policy=BACKFILL_POLICY,
+    group_name=GROUP,
+    kinds={"postgres", "python"},
+)
+def transcript_chunks(
+    context: dg.AssetExecutionContext, config: ChunkConfig, store: VectorStoreResource, embedder: EmbedderResource
+) -> dg.MaterializeResult:
+    """Token-aware, speaker-aware chunks of each recording's transcript, with overlap, in the `chunks` table
+    (and the `transcript_chunks` view). Only chunks whose text changed are rewritten. Free: no provider calls."""
+    try:
+        spec = embedder.spec()
+        params = config.params(spec)
+    except (ConfigError, ValueError) as e:
+        raise _fatal(str(e)) from None
+    store.ensure_schema(spec.dimension)
+    with store.connect() as conn:
+        stats: list[ChunkStats] = _run_each(
+            context,
+            context.partition_keys,
+            lambda key: chunk_recording(conn, key, spec, params),
+            step_retries=2,
+            retry_delay_s=5.0,
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "recordings": len(stats),
+            "segments": sum(s.segments for s in stats),
+            "chunks": sum(s.chunks for s in stats),
+            "tokens": sum(s.tokens for s in stats),
+            "chunks_rewritten": sum(s.inserted for s in stats),
+            "chunks_unchanged": sum(s.unchanged for s in stats),
+            "model": spec.model_id,
+            "chunk_tokens": params.max_tokens,
+            "chunk_overlap": params.overlap_tokens,
+            "seconds": round(sum(s.seconds for s in stats), 3),
+            **_per_recording(stats),
+        }
+    )
+
+
+@dg.asset(
+    deps=[transcript_chunks],
+    partitions_def=recordings_partitions,
+    backfill_policy=BACKFILL_POLICY,
+    group_name=GROUP,
+    kinds={"pgvector", "openai"},
+    pool="embedding_provider",
+)
+def chunk_embeddings(
+    context: dg.AssetExecutionContext, config: EmbedConfig, store: VectorStoreResource, embedder: EmbedderResource
+) -> dg.MaterializeResult:
+    """Vectors for every chunk, in `chunk_vectors` (HNSW cosine index). Chunks whose text and model already
+    have a vector are never sent again; each recording's vectors are replaced in one transaction by binary
+    COPY in statements of `insert_batch_size` rows."""
+    try:
+        spec = embedder.spec()
+        client = embedder.build(
+            batch_size=config.embed_batch_size,
+            max_concurrency=config.max_concurrency,
+            request_timeout_s=config.request_timeout_s,
+            max_attempts=config.max_attempts,
+            backoff_base_s=config.backoff_base_s,
+        )
+    except ConfigError as e:
+        raise _fatal(str(e)) from None
+    try:
+        with store.connect() as conn:
+            stats: list[EmbedStats] = _run_each(
+                context,
+                context.partition_keys,
+                lambda key: embed_recording(
+                    conn,
+                    key,
+                    client,
+                    insert_batch_size=config.insert_batch_size,
+                    statement_timeout_ms=int(config.statement_timeout_s * 1000),
+                    log=context.log.info,
+                ),
+                step_retries=config.step_retries,
+                retry_delay_s=config.step_retry_delay_s,
+            )
+    finally:
+        client.close()
+    tokens = sum(s.tokens for s in stats)
+    return dg.MaterializeResult(
+        metadata={
+            "recordings": len(stats),
+            "chunks": sum(s.chunks for s in stats),
+            "embedded": sum(s.embedded for s in stats),
+            "cache_hits": sum(s.cache_hits for s in stats),
+            "tokens": tokens,
+            "provider_requests": sum(s.requests for s in stats),
+            "provider_retries": sum(s.retries for s in stats),
+            "estimated_cost_usd": round(tokens * spec.usd_per_million_tokens / 1_000_000, 6),
+            "vectors_written": sum(s.vectors_written for s in stats),
+            "vectors_deleted": sum(s.vectors_deleted for s in stats),
+            "insert_statements": sum(s.insert_statements for s in stats),
+            "embed_seconds": round(sum(s.embed_seconds for s in stats), 3),
+            "write_seconds": round(sum(s.write_seconds for s in stats), 3),
+            "model": spec.model_id,
+            "provider": spec.provider,
+            "dimension": spec.dimension,
+            **_per_recording(stats),
+        }
+    )

@@ -1,0 +1,68 @@
+"""Run config of the two assets, and the small-batch preset (the same config with other values)."""
+
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+from pydantic import Field
+
+from embed_assets.lib.chunking import ChunkParams
+from embed_assets.lib.models import ModelSpec
+
+
+class ChunkConfig(dg.Config):
+    """How transcripts are cut into chunks (changing these re-chunks, and re-embeds changed chunks)."""
+
+    chunk_tokens: int = Field(200, description="Target (and hard maximum) tokens per chunk, by the model's tokenizer.")
+    chunk_overlap: int = Field(30, description="Tokens (whole words) repeated from the end of the previous chunk.")
+
+    def params(self, spec: ModelSpec) -> ChunkParams:
+        limit = spec.max_input_tokens - 2  # room for the model's own special tokens
+        if self.chunk_tokens > limit:
+            raise ValueError(
+                f"chunk_tokens={self.chunk_tokens} exceeds {spec.name}'s input limit of {limit} tokens "
+                f"(longer input is silently truncated by the model); set chunk_tokens <= {limit}"
+            )
+        return ChunkParams(self.chunk_tokens, self.chunk_overlap)
+
+
+class EmbedConfig(dg.Config):
+    """How vectors are requested from the provider and written to Postgres."""
+
+    embed_batch_size: int = Field(256, description="Max inputs per provider request (OpenAI allows 2048).")
+    insert_batch_size: int = Field(100, description="Vectors per COPY statement (each under statement_timeout_s).")
+    max_concurrency: int = Field(4, description="Provider requests in flight at once, per run.")
+    request_timeout_s: float = Field(60.0, description="Timeout of one provider request.")
+    statement_timeout_s: float = Field(30.0, description="Postgres statement timeout of the vector write session.")
+    max_attempts: int = Field(6, description="Attempts per provider request on 429/5xx/timeouts.")
+    backoff_base_s: float = Field(1.0, description="Base of the exponential backoff between provider attempts.")
+    step_retries: int = Field(2, description="Re-runs of the step after transient failures (database, provider).")
+    step_retry_delay_s: float = Field(30.0, description="Base delay of step re-runs; doubles on every retry.")
+
+
+# The old system's recovery lever, as values of the same config: 5 vectors per insert instead of 100,
+# one request at a time, small provider batches and long timeouts. The schedule launches one recording per
+# run with it. `presets/small_batch.yaml` holds the same values for `dagster job execute -c` and the UI.
+SMALL_BATCH: dict[str, Any] = {
+    "ops": {
+        "chunk_embeddings": {
+            "config": {
+                "embed_batch_size": 16,
+                "insert_batch_size": 5,
+                "max_concurrency": 1,
+                "request_timeout_s": 180.0,
+                "statement_timeout_s": 300.0,
+                "max_attempts": 8,
+                "step_retries": 1,
+            }
+        }
+    }
+}
+
+SMALL_BATCH_YAML = Path(__file__).resolve().parent.parent / "presets" / "small_batch.yaml"
+
+
+def load_preset(path: Path = SMALL_BATCH_YAML) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,78 @@
+"""Resources: the vector store and the embedding provider. Both read the environment when a run starts
+(never at import), and neither puts a URL password or an API key into config, logs or metadata."""
+
+
+import os
+
+import dagster as dg
+import psycopg
+from pydantic import PrivateAttr, SecretStr
+
+from embed_assets.lib.database import connect, redact_url, vector_database_url
+from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
+from embed_assets.lib.models import ModelSpec, resolve_model
+from embed_assets.lib.schema import migrate
+from embed_assets.lib.settings import DEFAULT_MODELS, load_settings
+
+
+class VectorStoreResource(dg.ConfigurableResource):
+    """Postgres + pgvector: EMBED_DATABASE_URL, or the embedded server under EMBED_HOME when unset."""
+
+    _url: str | None = PrivateAttr(default=None)
+
+    def url(self) -> str:
+        if self._url is None:
+            self._url = vector_database_url()
+        return self._url
+
+    def display_url(self) -> str:
+        return redact_url(self.url())
+
+    def connect(self) -> psycopg.Connection:
+        return connect(self.url())
+
+    def ensure_schema(self, dimension: int) -> list[int]:
+        with self.connect() as conn:
+            return migrate(conn, dimension)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """The embedding provider. Empty fields fall back to EMBED_PROVIDER / EMBED_MODEL / EMBED_DIMENSIONS;
+    the key comes from OPENAI_API_KEY in the run worker's environment and is never config."""
+
+    provider: str = ""
+    model: str = ""
+    dimensions: int = 0
+
+    def resolved(self) -> tuple[str, str, int | None]:
+        s = load_settings()
+        provider = self.provider or s.provider
+        model = self.model or (s.model if not self.provider or self.provider == s.provider else "")
+        model = model or DEFAULT_MODELS.get(provider, "")
+        return provider, model, self.dimensions or s.dimensions
+
+    def spec(self) -> ModelSpec:
+        return resolve_model(*self.resolved())
+
+    def api_key_present(self) -> bool:
+        return bool(os.environ.get("OPENAI_API_KEY", "").strip())
+
+    def build(
+        self, *, batch_size: int, max_concurrency: int, request_timeout_s: float, max_attempts: int,
+        backoff_base_s: float,
+    ) -> Embedder:
+        provider, model, dimensions = self.resolved()
+        if provider == "local":
+            return LocalEmbedderConfig(model=model, batch_size=min(batch_size, 64)).build()
+        resolve_model(provider, model, dimensions)  # a clear ConfigError before any client exists
+        key = os.environ.get("OPENAI_API_KEY")
+        return OpenAIEmbedderConfig(
+            model=model,
+            dimensions=dimensions,
+            base_url=load_settings().openai_base_url,
+            max_inputs_per_request=min(batch_size, 2048),
+            max_concurrency=max_concurrency,
+            request_timeout_s=request_timeout_s,
+            max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s,
+        ).build(SecretStr(key) if key else None)

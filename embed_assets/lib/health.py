@@ -1,0 +1,90 @@
+"""Configuration probes for the `embedding_config_valid` check and `embed-assets status`. Dagster-free."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from embed_assets.lib.database import connect
+from embed_assets.lib.errors import ConfigError, EmbedAssetsError
+from embed_assets.lib.models import ModelSpec
+from embed_assets.lib.schema import vector_dimension
+
+
+@dataclass
+class ConfigReport:
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)  # each names the fix
+    facts: dict[str, object] = field(default_factory=dict)
+
+    def fail(self, problem: str) -> None:
+        self.ok = False
+        self.problems.append(problem)
+
+
+def check_configuration(
+    resolve_spec: Callable[[], ModelSpec],
+    database_url: Callable[[], str],
+    api_key_present: bool,
+    probe: Callable[[], None] | None = None,
+) -> ConfigReport:
+    """Every property that must hold before paying for embeddings; each failure names its fix."""
+    report = ConfigReport()
+    spec: ModelSpec | None = None
+    try:
+        spec = resolve_spec()
+        report.facts.update(provider=spec.provider, model=spec.model_id, model_dimension=spec.dimension)
+    except ConfigError as e:
+        report.fail(str(e))
+    if spec is not None and spec.provider == "openai" and not api_key_present:
+        report.fail(
+            "OPENAI_API_KEY is not set in the run worker's environment; set it where the Dagster code "
+            "location and run workers start (dagster dev / daemon / run launcher), not only in your shell"
+        )
+    try:
+        url = database_url()
+        with connect(url) as conn:
+            report.facts["database"] = "reachable"
+            ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            if ext is None:
+                report.fail(
+                    "the pgvector extension is not installed in the vector database; run "
+                    "CREATE EXTENSION vector (as a superuser) or enable it in your provider's dashboard"
+                )
+            else:
+                report.facts["pgvector"] = ext[0]
+            _check_vectors(conn, spec, report)
+    except (EmbedAssetsError, psycopg.Error) as e:
+        report.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if report.ok and probe is not None:
+        try:
+            probe()
+            report.facts["probe"] = "one live request accepted"
+        except EmbedAssetsError as e:
+            report.fail(f"live probe failed: {e}")
+    return report
+
+
+def _check_vectors(conn: psycopg.Connection, spec: ModelSpec | None, report: ConfigReport) -> None:
+    dim = vector_dimension(conn)
+    report.facts["table_dimension"] = dim if dim is not None else "not created yet"
+    if spec is None or dim is None:
+        return
+    if dim != spec.dimension:
+        report.fail(
+            f"chunk_vectors holds {dim}-dim vectors but {spec.model_id} makes {spec.dimension}-dim ones; "
+            f"point EMBED_DATABASE_URL at a database for this model, or set EMBED_MODEL/EMBED_DIMENSIONS back "
+            f"to a {dim}-dim model"
+        )
+    others = conn.execute(
+        "SELECT model, count(*) FROM chunk_vectors WHERE model <> %s GROUP BY model ORDER BY model",
+        (spec.model_id,),
+    ).fetchall()
+    if others:
+        report.fail(
+            "chunk_vectors also holds vectors of other models "
+            f"({', '.join(f'{m}: {n}' for m, n in others)}) that search would mix with {spec.model_id}; "
+            "delete them (DELETE FROM chunk_vectors WHERE model <> ...) or switch EMBED_MODEL back"
+        )
