@@ -259,6 +259,45 @@ def search(
         out.print("   " + h.content[:300].replace("\n", "\n   "), highlight=False, markup=False)
 
 
+def _failed_partitions(instance, keys: list[str]) -> list[str]:
+    import dagster as dg
+
+    from embed_assets.defs.partitions import recordings_partitions
+
+    if not keys:
+        return []
+    status = instance.get_status_by_partition(dg.AssetKey("chunk_embeddings"), keys, recordings_partitions)
+    return [k for k, v in (status or {}).items() if v == dg.AssetPartitionStatus.FAILED]
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Partition and queue health: done, failed, never run, stale; completion rate; the verdict."""
+    from embed_assets.lib.status import db_status, verdict
+
+    spec = _spec()
+    with _connect_migrated() as conn:
+        s = db_status(conn, spec.model_id)
+    instance = _instance()
+    keys = instance.get_dynamic_partitions(PARTITIONS)
+    failed = _failed_partitions(instance, keys)
+    level, reasons = verdict(s, len(failed), 0)
+    data = {**s.as_dict(), "partitions": len(keys), "failed": len(failed), "failed_ids": failed[:20],
+            "verdict": level, "reasons": reasons}
+    if as_json:
+        print(json.dumps(data, default=str))
+        return
+    colour = {"healthy": "green", "warning": "yellow", "critical": "red"}[level]
+    out.print(
+        f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(failed)} failed, "
+        f"{s.never_embedded} never embedded, {s.stale} stale\n"
+        f"completion {s.completion_rate:.1%}; {s.chunks} chunks, {s.vectors} vectors "
+        f"({s.vectors_last_hour} in the last hour)\n"
+        f"[{colour}]{level}[/{colour}]" + (": " + "; ".join(reasons) if reasons else ""),
+        highlight=False,
+    )
+
+
 @app.command()
 def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> None:
     """Run the Dagster UI and daemon (sensor, schedule, backfills) on the embedded defaults."""

