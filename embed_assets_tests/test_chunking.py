@@ -1,0 +1,113 @@
+"""Chunking properties: coverage, order, overlap, exact token bounds, speakers, determinism."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from embed_assets.lib.chunking import ChunkParams, chunk_segments
+from embed_assets.lib.sample import make_transcript
+from embed_assets.lib.tokenizers import token_counter
+from embed_assets.lib.transcripts import Segment
+
+TOKENIZERS = ["minilm", "cl100k_base"]
+
+
+def transcript(seed: int, minutes: float = 20) -> tuple[Segment, ...]:
+    return make_transcript(random.Random(seed), f"r{seed}", minutes).segments
+
+
+@pytest.mark.parametrize("tok", TOKENIZERS)
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(200, 30), (64, 0), (32, 16), (254, 50)])
+def test_bounds_are_exact_and_never_exceeded(tok: str, max_tokens: int, overlap: int) -> None:
+    counter = token_counter(tok)
+    chunks = chunk_segments(transcript(1), ChunkParams(max_tokens, overlap), counter)
+    assert chunks
+    for c in chunks:
+        assert c.token_count == counter.count(c.content)  # exact, by the model's tokenizer
+        assert 0 < c.token_count <= max_tokens
+
+
+@pytest.mark.parametrize("tok", TOKENIZERS)
+def test_every_word_of_every_segment_is_covered_in_order(tok: str) -> None:
+    segments = transcript(2)
+    chunks = chunk_segments(segments, ChunkParams(80, 20), token_counter(tok))
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    covered = set()
+    for c in chunks:
+        assert c.first_seq <= c.last_seq
+        covered.update(range(c.first_seq, c.last_seq + 1))
+    assert covered == set(range(len(segments)))
+    # first_seq never goes backwards, and the chunks' words, minus overlaps, spell the transcript
+    assert all(a.first_seq <= b.first_seq for a, b in zip(chunks, chunks[1:], strict=False))
+    source_words = [w for s in segments for w in s.text.split()]
+    words = [w for line in chunks[0].content.splitlines() for w in line.split(": ", 1)[1].split()]
+    assert source_words[: len(words)] == words
+
+
+def _words(content: str) -> list[str]:
+    return [w for line in content.splitlines() for w in line.split(": ", 1)[1].split()]
+
+
+def test_overlap_repeats_the_tail_of_the_previous_chunk() -> None:
+    counter = token_counter("minilm")
+    segs = tuple(Segment(f"S{i % 3}", " ".join(f"w{i}x{j}" for j in range(15))) for i in range(40))
+    chunks = chunk_segments(segs, ChunkParams(100, 25), counter)
+    assert len(chunks) > 5
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        wa, wb = _words(a.content), _words(b.content)
+        shared = next((n for n in range(min(len(wa), len(wb)), 0, -1) if wa[-n:] == wb[:n]), 0)
+        assert shared > 0  # every chunk starts with the tail of the previous one (unique words: exact)
+        assert counter.count(" " + " ".join(wb[:shared])) <= 25
+        assert wb[shared] == _words_after(segs, wa[-1])
+
+
+def _words_after(segs: tuple[Segment, ...], word: str) -> str:
+    words = [w for s in segs for w in s.text.split()]
+    return words[words.index(word) + 1]
+
+
+def test_no_overlap_means_disjoint_words() -> None:
+    segments = transcript(4)
+    chunks = chunk_segments(segments, ChunkParams(100, 0), token_counter("minilm"))
+    assert sum(len(_words(c.content)) for c in chunks) == sum(len(s.text.split()) for s in segments)
+
+
+def test_speaker_aware_content_and_short_turns_merged() -> None:
+    segs = (Segment("Dana", "Hi.", 0, 1), Segment("Lee", "Hello.", 1, 2), Segment("Lee", "How are you?", 2, 3),
+            Segment("Dana", "Fine.", 3, 4))
+    (c,) = chunk_segments(segs, ChunkParams(100, 10), token_counter("minilm"))
+    assert c.content == "Dana: Hi.\nLee: Hello. How are you?\nDana: Fine."
+    assert c.speakers == ("Dana", "Lee") and (c.first_seq, c.last_seq, c.start_s, c.end_s) == (0, 3, 0, 4)
+
+
+def test_a_turn_longer_than_a_chunk_is_split_between_words() -> None:
+    words = [f"w{i}" for i in range(2000)]
+    segs = (Segment("Dana", "Intro.", 0, 1), Segment("Lee", " ".join(words), 1, 600))
+    chunks = chunk_segments(segs, ChunkParams(64, 8), token_counter("minilm"))
+    assert len(chunks) > 10
+    for c in chunks:
+        assert c.token_count <= 64
+        assert all(w in set(words) | {"Intro."} for w in _words(c.content))  # never a broken word
+    assert all(c.first_seq == c.last_seq == 1 for c in chunks[2:])
+
+
+def test_a_monster_word_is_cut_so_no_chunk_exceeds_its_bound() -> None:
+    segs = (Segment("A", "start " + "xy" * 10_000 + " end"),)
+    for tok in TOKENIZERS:
+        chunks = chunk_segments(segs, ChunkParams(50, 0), token_counter(tok))
+        assert all(c.token_count <= 50 for c in chunks)
+        assert sum(c.content.count("xy") for c in chunks) == 10_000  # nothing lost, nothing repeated
+
+
+def test_deterministic() -> None:
+    a = chunk_segments(transcript(5), ChunkParams(120, 20), token_counter("minilm"))
+    b = chunk_segments(transcript(5), ChunkParams(120, 20), token_counter("minilm"))
+    assert a == b and [c.content_hash for c in a] == [c.content_hash for c in b]
+
+
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(8, 0), (100, 51), (100, -1)])
+def test_bad_params_are_named(max_tokens: int, overlap: int) -> None:
+    with pytest.raises(ValueError, match="chunk_"):
+        ChunkParams(max_tokens, overlap)
