@@ -1,0 +1,211 @@
+"""Source loading, migrations and the vector write path against the real embedded Postgres."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import numpy as np
+import psycopg
+import pytest
+
+from embed_assets.lib.chunking import ChunkParams
+from embed_assets.lib.models import resolve_model
+from embed_assets.lib.pipeline import chunk_recording, embed_recording
+from embed_assets.lib.schema import MIGRATIONS, migrate, schema_version, vector_dimension
+from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.store import SourceChangedError, plan_embeddings
+from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.support.openai_server import vector_for
+
+SPEC = resolve_model("openai", "text-embedding-3-small", 384)
+PARAMS = ChunkParams(40, 8)
+
+
+class HashEmbedder:
+    """A deterministic in-process embedder (text -> fixed unit vector) that counts what it is asked.
+    Used where the provider is not under test; the provider paths are tested over HTTP elsewhere."""
+
+    spec = SPEC
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed(self, texts, token_counts, progress=None):
+        from embed_assets.lib.embedders.base import EmbedResult
+
+        self.calls.append(len(texts))
+        vecs = np.stack([vector_for(t, 384) for t in texts]) if texts else np.empty((0, 384), np.float32)
+        return EmbedResult(vecs, requests=1 if texts else 0, tokens=sum(token_counts))
+
+    def close(self) -> None:
+        pass
+
+
+def transcript(rid: str, n: int = 30, variant: str = "") -> Transcript:
+    return Transcript(
+        rid, tuple(Segment(f"S{i % 2}", f"turn {i} {variant if i == n - 1 else ''} " + "lorem ipsum dolor " * 5,
+                           float(i), float(i) + 1) for i in range(n))
+    )
+
+
+def state(conn: psycopg.Connection, rid: str) -> tuple[int, int, int]:
+    """(chunks, vectors, chunks whose vector matches their text) of one recording."""
+    return conn.execute(
+        """SELECT (SELECT count(*) FROM chunks WHERE recording_id = %(r)s),
+                  (SELECT count(*) FROM chunk_vectors WHERE recording_id = %(r)s),
+                  (SELECT count(*) FROM transcript_chunks WHERE recording_id = %(r)s AND embedding IS NOT NULL)""",
+        {"r": rid},
+    ).fetchone()
+
+
+def run(conn: psycopg.Connection, rid: str, emb: HashEmbedder, batch: int = 50):
+    chunk_recording(conn, rid, SPEC, PARAMS)
+    return embed_recording(conn, rid, emb, insert_batch_size=batch, statement_timeout_ms=30_000)
+
+
+def test_load_is_idempotent_and_detects_changes(conn: psycopg.Connection) -> None:
+    t = transcript("r1")
+    assert upsert_transcript(conn, t) == "loaded"
+    before = conn.execute("SELECT updated_at FROM recordings").fetchone()[0]
+    assert upsert_transcript(conn, t) == "unchanged"
+    assert conn.execute("SELECT updated_at FROM recordings").fetchone()[0] == before
+    assert upsert_transcript(conn, transcript("r1", 25)) == "changed"
+    row = conn.execute("SELECT segment_count, updated_at > %s FROM recordings", (before,)).fetchone()
+    assert row == (25, True)
+    assert conn.execute("SELECT count(*), max(seq) FROM transcript_segments").fetchone() == (25, 24)
+
+
+def test_migrations_are_idempotent_and_safe_from_two_processes(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS migrate_race")
+        c.execute("CREATE DATABASE migrate_race")
+    url = db_url.replace("/embed_assets?", "/migrate_race?")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        applied = pool.map(_migrate, [url] * 4)
+    assert sorted(v for a in applied for v in a) == [m.version for m in MIGRATIONS]  # each applied once
+    with psycopg.connect(url, autocommit=True) as c:
+        assert migrate(c, 384) == []
+        assert schema_version(c) == len(MIGRATIONS) and vector_dimension(c) == 384
+
+
+def _migrate(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as c:
+        return migrate(c, 384)
+
+
+def test_embed_then_rerun_makes_no_requests_and_no_writes(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1"))
+    emb = HashEmbedder()
+    first = run(conn, "r1", emb)
+    n = first.chunks
+    assert n > 5 and first.embedded == n and first.vectors_written == n and state(conn, "r1") == (n, n, n)
+    second = run(conn, "r1", emb)
+    assert (second.embedded, second.requests, second.vectors_written, second.vectors_deleted) == (0, 0, 0, 0)
+    assert second.cache_hits == n and emb.calls == [n]
+    assert state(conn, "r1") == (n, n, n)
+
+
+def test_changed_transcript_reembeds_only_changed_chunks(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1"))
+    emb = HashEmbedder()
+    n = run(conn, "r1", emb).chunks
+    upsert_transcript(conn, transcript("r1", variant="CHANGED"))  # only the last turn differs
+    again = run(conn, "r1", emb)
+    assert 1 <= again.embedded <= 3 and again.vectors_deleted == again.embedded
+    assert state(conn, "r1") == (again.chunks, again.chunks, again.chunks)
+    # the stored vector of every chunk is the vector of its current text
+    for content, emb_vec in conn.execute("SELECT content, embedding::text FROM transcript_chunks"):
+        assert np.allclose(np.array(emb_vec.strip("[]").split(","), float), vector_for(content, 384), atol=1e-6)
+    assert n == again.chunks
+
+
+def test_identical_text_in_another_recording_is_a_cache_hit(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1"))
+    upsert_transcript(conn, transcript("r2"))
+    emb = HashEmbedder()
+    n = run(conn, "r1", emb).chunks
+    other = run(conn, "r2", emb)
+    assert other.embedded == 0 and other.cache_hits == n and other.vectors_written == n
+    assert state(conn, "r2") == (n, n, n)
+
+
+def test_small_insert_batches_write_the_same_rows(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1"))
+    stats = run(conn, "r1", HashEmbedder(), batch=5)
+    assert stats.insert_statements == -(-stats.chunks // 5)
+    assert state(conn, "r1") == (stats.chunks,) * 3
+
+
+def test_statement_timeout_rolls_back_the_whole_recording(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1", 200))
+    chunk_recording(conn, "r1", SPEC, PARAMS)
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        # 1 ms cannot fit a 200-row COPY into an HNSW index
+        embed_recording(conn, "r1", HashEmbedder(), insert_batch_size=1000, statement_timeout_ms=1)
+    n = state(conn, "r1")[0]
+    assert state(conn, "r1") == (n, 0, 0)  # nothing half-written
+    stats = embed_recording(conn, "r1", HashEmbedder(), insert_batch_size=5, statement_timeout_ms=30_000)
+    assert state(conn, "r1") == (n, n, n) and stats.vectors_written == n
+
+
+def test_two_concurrent_runs_of_one_recording_leave_one_copy(conn: psycopg.Connection, db_url: str) -> None:
+    upsert_transcript(conn, transcript("r1", 120))
+    chunk_recording(conn, "r1", SPEC, PARAMS)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as c:
+                embed_recording(c, "r1", HashEmbedder(), insert_batch_size=7, statement_timeout_ms=30_000)
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    n = state(conn, "r1")[0]
+    assert state(conn, "r1") == (n, n, n)
+    dup = conn.execute(
+        "SELECT count(*) FROM (SELECT chunk_index FROM chunk_vectors GROUP BY 1 HAVING count(*) > 1) d"
+    ).fetchone()[0]
+    assert dup == 0
+
+
+def test_rechunk_during_embedding_writes_nothing(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1"))
+    chunk_recording(conn, "r1", SPEC, PARAMS)
+    plan = plan_embeddings(conn, "r1", SPEC.model_id)
+    upsert_transcript(conn, transcript("r1", variant="NEW"))
+    chunk_recording(conn, "r1", SPEC, PARAMS)  # the plan the embedding was computed for is gone
+    from embed_assets.lib.store import write_vectors
+
+    vecs = {c.chunk_index: (c.content_hash, vector_for(c.content, 384)) for c in plan.to_embed}
+    with pytest.raises(SourceChangedError, match="re-chunked or deleted during embedding"):
+        write_vectors(conn, plan, vecs, insert_batch_size=50, statement_timeout_ms=30_000)
+    assert state(conn, "r1")[1] == 0
+
+
+def test_deleting_a_recording_removes_its_chunks_and_vectors(conn: psycopg.Connection) -> None:
+    upsert_transcript(conn, transcript("r1"))
+    run(conn, "r1", HashEmbedder())
+    conn.execute("DELETE FROM recordings WHERE recording_id = 'r1'")
+    assert state(conn, "r1") == (0, 0, 0)
+    assert conn.execute("SELECT count(*) FROM chunk_plans").fetchone()[0] == 0
+
+
+def test_wrong_dimension_is_refused_before_writing(conn: psycopg.Connection) -> None:
+    from embed_assets.lib.errors import ConfigError
+    from embed_assets.lib.store import write_vectors
+
+    upsert_transcript(conn, transcript("r1"))
+    chunk_recording(conn, "r1", SPEC, PARAMS)
+    plan = plan_embeddings(conn, "r1", SPEC.model_id)
+    vecs = {c.chunk_index: (c.content_hash, np.ones(1536, np.float32)) for c in plan.to_embed}
+    with pytest.raises(ConfigError, match="1536-dim vector but chunk_vectors holds 384-dim"):
+        write_vectors(conn, plan, vecs, insert_batch_size=50, statement_timeout_ms=30_000)
+    assert state(conn, "r1")[1] == 0
