@@ -20,6 +20,7 @@ class EmbedResult:
     retries: int = 0
     tokens: int = 0  # input tokens as billed (usage.prompt_tokens when the provider reports it)
     seconds: float = 0.0
+    backoff_s: float = 0.0  # time spent waiting between retries (Retry-After or backoff)
 
 
 class Embedder(Protocol):

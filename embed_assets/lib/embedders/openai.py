@@ -47,6 +47,7 @@ class OpenAIEmbedderConfig(BaseModel):
     max_attempts: int = Field(6, ge=1)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
+    max_retry_after_s: float = Field(300.0, ge=0)  # a Retry-After longer than this is capped
 
     def build(self, api_key: SecretStr | None) -> OpenAIEmbedder:
         return OpenAIEmbedder(self, resolve_model("openai", self.model, self.dimensions), api_key)
@@ -165,9 +166,10 @@ class OpenAIEmbedder:
             backoff = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
             delay = self._rng.uniform(0, backoff)  # full jitter
             if wait_hint is not None:
-                delay = max(delay, min(wait_hint, self.config.backoff_max_s * 5))
+                delay = max(delay, min(wait_hint, self.config.max_retry_after_s))
             with self._lock:
                 stats.retries += 1
+                stats.backoff_s += delay
             time.sleep(delay)
         raise AssertionError("unreachable")
 

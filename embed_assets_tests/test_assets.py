@@ -1,0 +1,186 @@
+"""The assets and job through real Dagster runs (in-process executor, real instance), the real embedded
+Postgres, and the real openai client against the loopback server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+import psycopg
+import pytest
+
+from embed_assets.defs.config import SMALL_BATCH, load_preset
+from embed_assets.definitions import defs
+from embed_assets.lib.sample import sample_transcripts
+from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
+
+FAST = {"ops": {"chunk_embeddings": {"config": {"backoff_base_s": 0.01, "step_retry_delay_s": 0.1}}}}
+CHUNKS = dg.AssetKey("transcript_chunks")
+EMBEDDINGS = dg.AssetKey("chunk_embeddings")
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def load(conn: psycopg.Connection, instance: dg.DagsterInstance, transcripts: list[Transcript]) -> list[str]:
+    for t in transcripts:
+        upsert_transcript(conn, t)
+    ids = [t.recording_id for t in transcripts]
+    instance.add_dynamic_partitions("recordings", ids)
+    return ids
+
+
+def short(rid: str, n: int = 12, extra: str = "") -> Transcript:
+    return Transcript(rid, tuple(Segment(f"S{i % 2}", f"{extra} turn {i} " + "we discussed the renewal terms " * 4)
+                                 for i in range(n)))
+
+
+def run(instance: dg.DagsterInstance, key: str | None = None, config: dict | None = None, tags: dict | None = None):
+    job = defs.resolve_job_def("embed_recordings")
+    return job.execute_in_process(
+        instance=instance, partition_key=key, run_config=config or FAST, tags=tags, raise_on_error=False
+    )
+
+
+def check_result(instance: dg.DagsterInstance, name: str):
+    key = dg.AssetCheckKey(CHUNKS if name == "embedding_config_valid" else EMBEDDINGS, name)
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+    return record.event.dagster_event.event_specific_data if record and record.event else None
+
+
+def counts(conn: psycopg.Connection) -> tuple[int, int, int]:
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM chunks), (SELECT count(*) FROM chunk_vectors),"
+        " (SELECT count(*) FROM transcript_chunks WHERE embedding IS NOT NULL)"
+    ).fetchone()
+
+
+def test_one_partition_end_to_end_then_zero_requests_on_rerun(conn, instance, fake_openai: FakeOpenAI) -> None:
+    (rid,) = load(conn, instance, [short("rec-a")])
+    result = run(instance, rid)
+    assert result.success
+    n = counts(conn)[0]
+    assert n > 1 and counts(conn) == (n, n, n)
+    assert fake_openai.seen.inputs == n
+    md = result.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    assert md["embedded"].value == n and md["provider_requests"].value == fake_openai.seen.requests
+    assert md["tokens"].value == fake_openai.seen.tokens and md["estimated_cost_usd"].value > 0
+    assert md["model"].value == "text-embedding-3-small@384" and md["dimension"].value == 384
+    assert check_result(instance, "embedding_config_valid").passed
+
+    requests = fake_openai.seen.requests
+    again = run(instance, rid)
+    assert again.success and fake_openai.seen.requests == requests  # never pay twice
+    md = again.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    assert md["embedded"].value == 0 and md["cache_hits"].value == n and md["vectors_written"].value == 0
+    status = instance.get_status_by_partition(EMBEDDINGS, [rid], defs.resolve_assets_def(EMBEDDINGS).partitions_def)
+    assert status == {rid: dg.AssetPartitionStatus.MATERIALIZED}
+
+
+def test_a_backfill_range_runs_many_partitions_in_one_run(conn, instance, fake_openai: FakeOpenAI) -> None:
+    ids = load(conn, instance, [short(f"rec-{i}", extra=str(i)) for i in range(5)])
+    result = run(instance, tags={"dagster/asset_partition_range_start": ids[0],
+                                 "dagster/asset_partition_range_end": ids[-1]})
+    assert result.success
+    n = counts(conn)[0]
+    assert counts(conn) == (n, n, n)
+    assert conn.execute("SELECT count(*) FROM embedded_recordings").fetchone()[0] == 5
+    status = instance.get_status_by_partition(EMBEDDINGS, ids, defs.resolve_assets_def(EMBEDDINGS).partitions_def)
+    assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+    assert len(instance.get_runs()) == 1
+
+
+def test_missing_key_fails_the_first_step_with_zero_requests(conn, instance, fake_openai, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    (rid,) = load(conn, instance, [short("rec-a")])
+    result = run(instance, rid)
+    assert not result.success
+    check = check_result(instance, "embedding_config_valid")
+    assert not check.passed and "OPENAI_API_KEY is not set" in check.description
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    assert not result.asset_materializations_for_node("chunk_embeddings")  # blocked: never started
+    assert fake_openai.seen.requests == 0 and counts(conn)[1] == 0
+
+
+def test_wrong_key_fails_at_once_without_step_retries(conn, instance, fake_openai, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-0000000000000000")
+    (rid,) = load(conn, instance, [short("rec-a")])
+    result = run(instance, rid)
+    assert not result.success and fake_openai.seen.requests == 1
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "OPENAI_API_KEY" in failure.step_failure_data.error.message
+    assert not any(e.event_type_value == "STEP_RESTARTED" for e in result.all_events)
+    assert counts(conn)[1] == 0
+
+
+def test_live_probe_catches_a_wrong_key_in_the_config_check(conn, instance, fake_openai, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-0000000000000000")
+    monkeypatch.setenv("EMBED_PROBE", "1")
+    (rid,) = load(conn, instance, [short("rec-a")])
+    assert not run(instance, rid).success
+    check = check_result(instance, "embedding_config_valid")
+    assert not check.passed and "live probe failed" in check.description and "OPENAI_API_KEY" in check.description
+    assert fake_openai.seen.requests == 1  # the probe only
+
+
+def test_model_dimension_mismatch_blocks_embedding(conn, instance, fake_openai, monkeypatch) -> None:
+    monkeypatch.delenv("EMBED_DIMENSIONS")  # text-embedding-3-small is 1536-dim; the table holds 384
+    (rid,) = load(conn, instance, [short("rec-a")])
+    assert not run(instance, rid).success
+    check = check_result(instance, "embedding_config_valid")
+    assert not check.passed and "holds 384-dim vectors but text-embedding-3-small makes 1536-dim" in check.description
+    assert fake_openai.seen.requests == 0
+
+
+def test_transient_faults_on_a_fifth_of_requests_lose_nothing(conn, instance, fake_openai) -> None:
+    fake_openai.fault = lambda n: Fault(500) if n % 5 == 0 else None
+    ids = load(conn, instance, [short(f"rec-{i}", 40, extra=str(i)) for i in range(3)])
+    config = {"ops": {"chunk_embeddings": {"config": {"backoff_base_s": 0.01, "embed_batch_size": 4}}}}
+    for rid in ids:
+        assert run(instance, rid, config).success
+    n = counts(conn)[0]
+    assert counts(conn) == (n, n, n)
+    assert fake_openai.seen.inputs == n  # every chunk paid for exactly once
+    assert fake_openai.seen.requests <= 1.3 * fake_openai.seen.ok  # bounded: no retry storm
+
+
+def test_statement_timeout_fails_without_retries_and_small_batch_recovers(conn, instance, fake_openai) -> None:
+    (rid,) = load(conn, instance, [short("rec-big", 300)])
+    tight = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
+    failed = run(instance, rid, tight)
+    assert not failed.success
+    message = next(e for e in failed.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "statement timeout" in message and "small-batch" in message
+    assert not any(e.event_type_value == "STEP_RESTARTED" for e in failed.all_events)
+    assert counts(conn)[1] == 0
+    paid = fake_openai.seen.inputs
+    recovered = run(instance, rid, SMALL_BATCH)
+    assert recovered.success
+    n = counts(conn)[0]
+    assert counts(conn) == (n, n, n)
+    md = recovered.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    assert md["insert_statements"].value == -(-n // 5)
+    assert fake_openai.seen.inputs == 2 * paid  # the failed write's vectors were never stored
+
+
+def test_a_three_hour_call_writes_under_a_30s_statement_timeout(conn, instance, fake_openai) -> None:
+    long_call = sample_transcripts(2)[1]
+    (rid,) = load(conn, instance, [long_call])
+    result = run(instance, rid)  # default config: statement_timeout_s = 30
+    assert result.success
+    md = result.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    assert md["chunks"].value >= 1000 and md["vectors_written"].value == md["chunks"].value
+    print(f"1,000+ chunk write: {md['chunks'].value} vectors in {md['write_seconds'].value}s")
+
+
+def test_small_batch_yaml_equals_the_python_preset() -> None:
+    assert load_preset() == SMALL_BATCH
+    defs.resolve_job_def("embed_recordings")  # and it is valid run config for the job:
+    from dagster._core.definitions.run_config import RunConfig  # noqa: F401
+
+    assert dg.validate_run_config(defs.resolve_job_def("embed_recordings"), SMALL_BATCH)
