@@ -24,6 +24,8 @@ run: install
 	$(BIN)/embed-assets search "can you hold the price flat if we sign a multi-year renewal" -k 3
 
 test: install
+	$(BIN)/ruff check embed_assets embed_assets_tests
+	$(BIN)/ruff format --check embed_assets embed_assets_tests
 	$(BIN)/pytest -q
 
 lint: install

@@ -94,8 +94,12 @@ def _load(transcripts, problems, register: bool) -> Counter:
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, disable=not enabled or not err.is_terminal and not os.environ.get("EMBED_PROGRESS"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled or not err.is_terminal and not os.environ.get("EMBED_PROGRESS"),
     )
 
 
@@ -138,7 +142,9 @@ def sample(
 
 
 @app.command("db-url")
-def db_url(dagster: Annotated[bool, typer.Option(help="Print the Dagster storage URL instead.")] = False) -> None:
+def db_url(
+    dagster: Annotated[bool, typer.Option(help="Print the Dagster storage URL instead.")] = False,
+) -> None:
     """Print the database URL in use (starting the embedded server if needed)."""
     from embed_assets.lib.database import dagster_database_url, libpq_url, vector_database_url
 
@@ -282,8 +288,14 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     keys = instance.get_dynamic_partitions(PARTITIONS)
     failed = _failed_partitions(instance, keys)
     level, reasons = verdict(s, len(failed), 0)
-    data = {**s.as_dict(), "partitions": len(keys), "failed": len(failed), "failed_ids": failed[:20],
-            "verdict": level, "reasons": reasons}
+    data = {
+        **s.as_dict(),
+        "partitions": len(keys),
+        "failed": len(failed),
+        "failed_ids": failed[:20],
+        "verdict": level,
+        "reasons": reasons,
+    }
     if as_json:
         print(json.dumps(data, default=str))
         return

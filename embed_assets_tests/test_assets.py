@@ -9,8 +9,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from embed_assets.defs.config import SMALL_BATCH, load_preset
 from embed_assets.definitions import defs
+from embed_assets.defs.config import SMALL_BATCH, load_preset
 from embed_assets.lib.sample import sample_transcripts
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
@@ -36,8 +36,10 @@ def load(conn: psycopg.Connection, instance: dg.DagsterInstance, transcripts: li
 
 
 def short(rid: str, n: int = 12, extra: str = "") -> Transcript:
-    return Transcript(rid, tuple(Segment(f"S{i % 2}", f"{extra} turn {i} " + "we discussed the renewal terms " * 4)
-                                 for i in range(n)))
+    return Transcript(
+        rid,
+        tuple(Segment(f"S{i % 2}", f"{extra} turn {i} " + "we discussed the renewal terms " * 4) for i in range(n)),
+    )
 
 
 def run(instance: dg.DagsterInstance, key: str | None = None, config: dict | None = None, tags: dict | None = None):
@@ -84,8 +86,10 @@ def test_one_partition_end_to_end_then_zero_requests_on_rerun(conn, instance, fa
 
 def test_a_backfill_range_runs_many_partitions_in_one_run(conn, instance, fake_openai: FakeOpenAI) -> None:
     ids = load(conn, instance, [short(f"rec-{i}", extra=str(i)) for i in range(5)])
-    result = run(instance, tags={"dagster/asset_partition_range_start": ids[0],
-                                 "dagster/asset_partition_range_end": ids[-1]})
+    result = run(
+        instance,
+        tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
+    )
     assert result.success
     n = counts(conn)[0]
     assert counts(conn) == (n, n, n)

@@ -75,8 +75,12 @@ def test_no_overlap_means_disjoint_words() -> None:
 
 
 def test_speaker_aware_content_and_short_turns_merged() -> None:
-    segs = (Segment("Dana", "Hi.", 0, 1), Segment("Lee", "Hello.", 1, 2), Segment("Lee", "How are you?", 2, 3),
-            Segment("Dana", "Fine.", 3, 4))
+    segs = (
+        Segment("Dana", "Hi.", 0, 1),
+        Segment("Lee", "Hello.", 1, 2),
+        Segment("Lee", "How are you?", 2, 3),
+        Segment("Dana", "Fine.", 3, 4),
+    )
     (c,) = chunk_segments(segs, ChunkParams(100, 10), token_counter("minilm"))
     assert c.content == "Dana: Hi.\nLee: Hello. How are you?\nDana: Fine."
     assert c.speakers == ("Dana", "Lee") and (c.first_seq, c.last_seq, c.start_s, c.end_s) == (0, 3, 0, 4)

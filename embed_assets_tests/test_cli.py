@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
 import psycopg
 import pytest
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 
 from embed_assets_tests.conftest import REPO
 
@@ -22,7 +22,12 @@ BIN = Path(sys.executable).parent
 def cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "DAGSTER_HOME": str(REPO), **(env or {})}
     proc = subprocess.run(
-        [str(BIN / "embed-assets"), *args], capture_output=True, text=True, env=full_env, cwd=REPO, timeout=600
+        [str(BIN / "embed-assets"), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=600,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -52,7 +57,7 @@ def test_load_keeps_good_files_rejects_bad_ones_and_exits_nonzero(conn: psycopg.
     proc = cli("load", str(tmp_path))
     assert proc.returncode == 1
     assert f"rejected: {tmp_path / 'bad.json'}:1: malformed JSON" in proc.stderr
-    assert f"rejected: {tmp_path / 'calls.jsonl'}:2 (cli-l2): missing \"segments\"" in proc.stderr
+    assert f'rejected: {tmp_path / "calls.jsonl"}:2 (cli-l2): missing "segments"' in proc.stderr
     assert "warning:" in proc.stdout and "stripped 1 control character(s)" in proc.stdout
     assert "loaded 4, unchanged 0, changed 0, rejected 2" in proc.stdout
     ids = {r[0] for r in conn.execute("SELECT recording_id FROM recordings")}
@@ -95,13 +100,27 @@ def test_dagster_job_execute_one_partition_on_the_real_instance(conn: psycopg.Co
     finally:
         path.unlink()
     proc = subprocess.run(
-        [str(BIN / "dagster"), "job", "execute", "-m", "embed_assets.definitions", "-j", "embed_recordings",
-         "--tags", json.dumps({"dagster/partition": "cli-exec"})],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        [
+            str(BIN / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "embed_assets.definitions",
+            "-j",
+            "embed_recordings",
+            "--tags",
+            json.dumps({"dagster/partition": "cli-exec"}),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
         env={**os.environ, **env, "DAGSTER_HOME": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    n = conn.execute("SELECT count(*) FROM transcript_chunks WHERE recording_id = 'cli-exec' AND embedding IS NOT NULL").fetchone()[0]
+    n = conn.execute(
+        "SELECT count(*) FROM transcript_chunks WHERE recording_id = 'cli-exec' AND embedding IS NOT NULL"
+    ).fetchone()[0]
     assert n > 0 and fake_openai.seen.inputs == n
     assert fake_openai.api_key not in proc.stdout + proc.stderr
 
@@ -113,7 +132,11 @@ def test_dagster_job_execute_one_partition_on_the_real_instance(conn: psycopg.Co
 def test_definitions_validate() -> None:
     proc = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-m", "embed_assets.definitions"],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "DAGSTER_HOME": str(REPO)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "DAGSTER_HOME": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Validation successful" in proc.stderr + proc.stdout

@@ -98,7 +98,9 @@ def test_persistent_5xx_gives_up_after_max_attempts(server: FakeOpenAI) -> None:
 def test_401_fails_at_once_naming_the_variable_and_never_the_key(server: FakeOpenAI) -> None:
     wrong = "sk-wrong-key-ABCDEFGH12345678"
     with pytest.raises(ProviderError) as info:
-        embedder(server, key=wrong, max_concurrency=4).embed(*texts(50), )
+        embedder(server, key=wrong, max_concurrency=4).embed(
+            *texts(50),
+        )
     message = str(info.value)
     assert "OPENAI_API_KEY" in message and "run worker" in message and "401" in message
     assert wrong not in message and "12345678" not in message and "5678" not in message
@@ -114,7 +116,10 @@ def test_missing_key_is_a_config_error_without_any_request(server: FakeOpenAI) -
 @pytest.mark.parametrize(
     ("fault", "match"),
     [
-        (Fault(400, body={"error": {"message": "maximum context length is 8192 tokens"}}), "rejected the request as invalid"),
+        (
+            Fault(400, body={"error": {"message": "maximum context length is 8192 tokens"}}),
+            "rejected the request as invalid",
+        ),
         (Fault(404, body={"error": {"message": "model not found"}}), "EMBED_MODEL and OPENAI_BASE_URL"),
         (Fault(403), "may not use model"),
         (Fault(429, body={"error": {"message": "quota", "code": "insufficient_quota"}}), "out of quota"),

@@ -44,8 +44,16 @@ class HashEmbedder:
 
 def transcript(rid: str, n: int = 30, variant: str = "") -> Transcript:
     return Transcript(
-        rid, tuple(Segment(f"S{i % 2}", f"turn {i} {variant if i == n - 1 else ''} " + "lorem ipsum dolor " * 5,
-                           float(i), float(i) + 1) for i in range(n))
+        rid,
+        tuple(
+            Segment(
+                f"S{i % 2}",
+                f"turn {i} {variant if i == n - 1 else ''} " + "lorem ipsum dolor " * 5,
+                float(i),
+                float(i) + 1,
+            )
+            for i in range(n)
+        ),
     )
 
 

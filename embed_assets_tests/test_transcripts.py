@@ -43,7 +43,12 @@ def test_json_round_trip(tmp_path: Path) -> None:
 
 
 def test_jsonl_names_the_line_of_each_bad_record(tmp_path: Path) -> None:
-    lines = [json.dumps(GOOD), "{not json", json.dumps({**GOOD, "recording_id": "rec-002"}), json.dumps({"segments": []})]
+    lines = [
+        json.dumps(GOOD),
+        "{not json",
+        json.dumps({**GOOD, "recording_id": "rec-002"}),
+        json.dumps({"segments": []}),
+    ]
     parsed = parse_file(write(tmp_path, "b.jsonl", "\n".join(lines)))
     assert [t.recording_id for t in parsed.transcripts] == ["rec-001", "rec-002"]
     wheres = sorted(str(p) for p in parsed.problems)
@@ -58,7 +63,10 @@ def test_jsonl_names_the_line_of_each_bad_record(tmp_path: Path) -> None:
         ({"recording_id": "r1"}, 'missing "segments"'),
         ({"recording_id": "r1", "segments": []}, "empty transcript"),
         ({"recording_id": "r1", "segments": [{"speaker": "A"}]}, 'segment 0: missing "text"'),
-        ({"recording_id": "r1", "segments": [{"speaker": "A", "text": "   "}]}, "segment 0: segment has no text"),
+        (
+            {"recording_id": "r1", "segments": [{"speaker": "A", "text": "   "}]},
+            "segment 0: segment has no text",
+        ),
         ({"recording_id": "r1", "segments": [{"speaker": "A", "text": 5}]}, '"text" must be a string'),
         ({"recording_id": "", "segments": GOOD["segments"]}, "recording_id is empty"),
         ({"recording_id": "x" * 201, "segments": GOOD["segments"]}, "201 characters long; the limit is 200"),
@@ -108,11 +116,13 @@ def test_a_1mb_segment_is_rejected(tmp_path: Path) -> None:
     obj = {"recording_id": "r1", "segments": [{"speaker": "A", "text": "word " * 210_000}]}
     parsed = parse_file(write(tmp_path, "big.json", json.dumps(obj)))
     assert parsed.transcripts == []
-    assert f"the limit is {MAX_SEGMENT_CHARS:,}" in str(parsed.problems[0]) and "Split the turn" in str(parsed.problems[0])
+    assert f"the limit is {MAX_SEGMENT_CHARS:,}" in str(parsed.problems[0]) and "Split the turn" in str(
+        parsed.problems[0]
+    )
 
 
 def test_hostile_but_valid_ids_and_text_are_kept_verbatim(tmp_path: Path) -> None:
-    rid = "rec'; DROP TABLE recordings; -- \"quoted\" ✓"
+    rid = 'rec\'; DROP TABLE recordings; -- "quoted" ✓'
     text = "مرحبا بكم 👋 'quotes' \"double\" ; DROP TABLE x; --"
     obj = {"recording_id": rid, "segments": [{"speaker": "Ωmega", "text": text}]}
     (t,) = parse_file(write(tmp_path, "h.json", json.dumps(obj))).transcripts
@@ -137,7 +147,10 @@ def test_webvtt_with_voice_tags(tmp_path: Path) -> None:
 def test_srt_with_speaker_prefix(tmp_path: Path) -> None:
     srt = "1\n00:00:01,000 --> 00:00:02,000\nDana: Hello there.\n\n2\n00:00:02,000 --> 00:00:03,500\nLee: Hi!\n"
     (t,) = parse_file(write(tmp_path, "call-8.srt", srt)).transcripts
-    assert [(s.speaker, s.text, s.start_s) for s in t.segments] == [("Dana", "Hello there.", 1.0), ("Lee", "Hi!", 2.0)]
+    assert [(s.speaker, s.text, s.start_s) for s in t.segments] == [
+        ("Dana", "Hello there.", 1.0),
+        ("Lee", "Hi!", 2.0),
+    ]
 
 
 def test_vtt_bad_timestamp_and_header(tmp_path: Path) -> None:

@@ -1,7 +1,6 @@
 """The two partitioned assets. A run may carry many partitions (BackfillPolicy): each recording is
 committed on its own, so one bad recording never costs the others their work."""
 
-
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -82,7 +81,10 @@ def _per_recording(stats: Sequence[Any]) -> dict[str, Any]:
     kinds={"postgres", "python"},
 )
 def transcript_chunks(
-    context: dg.AssetExecutionContext, config: ChunkConfig, store: VectorStoreResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext,
+    config: ChunkConfig,
+    store: VectorStoreResource,
+    embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     """Token-aware, speaker-aware chunks of each recording's transcript, with overlap, in the `chunks` table
     (and the `transcript_chunks` view). Only chunks whose text changed are rewritten. Free: no provider calls."""
@@ -126,7 +128,10 @@ def transcript_chunks(
     pool="embedding_provider",
 )
 def chunk_embeddings(
-    context: dg.AssetExecutionContext, config: EmbedConfig, store: VectorStoreResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext,
+    config: EmbedConfig,
+    store: VectorStoreResource,
+    embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     """Vectors for every chunk, in `chunk_vectors` (HNSW cosine index). Chunks whose text and model already
     have a vector are never sent again; each recording's vectors are replaced in one transaction by binary

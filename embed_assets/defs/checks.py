@@ -1,7 +1,6 @@
 """Asset checks. `embedding_config_valid` is global (configuration is not per recording) and blocking on
 the first asset, so a misconfigured deployment fails its very first run before any provider call."""
 
-
 import os
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """Run config of the two assets, and the small-batch preset (the same config with other values)."""
 
-
 from pathlib import Path
 from typing import Any
 

@@ -1,7 +1,6 @@
 """Resources: the vector store and the embedding provider. Both read the environment when a run starts
 (never at import), and neither puts a URL password or an API key into config, logs or metadata."""
 
-
 import os
 
 import dagster as dg
@@ -58,7 +57,12 @@ class EmbedderResource(dg.ConfigurableResource):
         return bool(os.environ.get("OPENAI_API_KEY", "").strip())
 
     def build(
-        self, *, batch_size: int, max_concurrency: int, request_timeout_s: float, max_attempts: int,
+        self,
+        *,
+        batch_size: int,
+        max_concurrency: int,
+        request_timeout_s: float,
+        max_attempts: int,
         backoff_base_s: float,
     ) -> Embedder:
         provider, model, dimensions = self.resolved()

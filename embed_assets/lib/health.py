@@ -84,7 +84,7 @@ def _check_vectors(conn: psycopg.Connection, spec: ModelSpec | None, report: Con
     ).fetchall()
     if others:
         report.fail(
-            "chunk_vectors also holds vectors of other models "
+            "chunk_vectors also holds vectors of other models "  # noqa: S608 (a message, not SQL)
             f"({', '.join(f'{m}: {n}' for m, n in others)}) that search would mix with {spec.model_id}; "
             "delete them (DELETE FROM chunk_vectors WHERE model <> ...) or switch EMBED_MODEL back"
         )

@@ -44,9 +44,7 @@ def resolve_model(provider: str, model: str, dimensions: int | None = None) -> M
     if known is None:
         if provider == "local":
             local = sorted(m for p, m in _KNOWN if p == "local")
-            raise ConfigError(
-                f"EMBED_MODEL={model!r} is not a bundled local model; set EMBED_MODEL to one of {local}"
-            )
+            raise ConfigError(f"EMBED_MODEL={model!r} is not a bundled local model; set EMBED_MODEL to one of {local}")
         # An OpenAI-compatible endpoint serving another model: we cannot know its dimension.
         if not dimensions:
             raise ConfigError(

@@ -45,8 +45,14 @@ def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec
         conn, recording_id, spec.model_id, source.content_hash, params.describe(counter.name), chunks
     )
     return ChunkStats(
-        recording_id, len(source.segments), len(chunks), sum(c.token_count for c in chunks),
-        written.inserted, written.deleted, written.unchanged, time.perf_counter() - started,
+        recording_id,
+        len(source.segments),
+        len(chunks),
+        sum(c.token_count for c in chunks),
+        written.inserted,
+        written.deleted,
+        written.unchanged,
+        time.perf_counter() - started,
     )
 
 
@@ -96,9 +102,7 @@ def embed_recording(
                 log(f"{recording_id}: embedded {done}/{total} chunks")
                 next_report += 0.25
 
-        result = embedder.embed(
-            [c.content for c in plan.to_embed], [c.token_count for c in plan.to_embed], progress
-        )
+        result = embedder.embed([c.content for c in plan.to_embed], [c.token_count for c in plan.to_embed], progress)
         stats.embedded, stats.tokens = len(plan.to_embed), result.tokens
         stats.requests, stats.retries, stats.embed_seconds = result.requests, result.retries, result.seconds
         vectors = {c.chunk_index: (c.content_hash, result.vectors[i]) for i, c in enumerate(plan.to_embed)}

@@ -52,10 +52,29 @@ _TOPICS: dict[str, list[str]] = {
     ],
 }
 _FILLERS = [
-    "Right, that makes sense.", "Okay, got it.", "Let me check on my side.", "Sure, go ahead.",
-    "Thanks, that's helpful.", "Can you say more about that?", "Understood.", "Mm-hmm, yes.",
+    "Right, that makes sense.",
+    "Okay, got it.",
+    "Let me check on my side.",
+    "Sure, go ahead.",
+    "Thanks, that's helpful.",
+    "Can you say more about that?",
+    "Understood.",
+    "Mm-hmm, yes.",
 ]
-_NAMES = ["Dana", "Lee", "Priya", "Marcus", "Sofia", "Kenji", "Amara", "Tom", "Elena", "Omar", "Grace", "Ravi"]
+_NAMES = [
+    "Dana",
+    "Lee",
+    "Priya",
+    "Marcus",
+    "Sofia",
+    "Kenji",
+    "Amara",
+    "Tom",
+    "Elena",
+    "Omar",
+    "Grace",
+    "Ravi",
+]
 _COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries", "Wayne Corp", "Soylent"]
 
 

@@ -26,7 +26,11 @@ class Hit:
 
 
 def search(
-    conn: psycopg.Connection, query_vector: np.ndarray, model_id: str, k: int = 5, recording_id: str | None = None
+    conn: psycopg.Connection,
+    query_vector: np.ndarray,
+    model_id: str,
+    k: int = 5,
+    recording_id: str | None = None,
 ) -> list[Hit]:
     """The k nearest chunks by cosine similarity (score = 1 - cosine distance). Uses the HNSW index;
     with a recording filter, pgvector's iterative scan keeps looking until k matches are found."""

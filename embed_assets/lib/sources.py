@@ -24,7 +24,8 @@ def upsert_transcript(conn: psycopg.Connection, t: Transcript) -> LoadStatus:
     with conn.transaction():
         lock_recording(conn, t.recording_id)
         row = conn.execute(
-            "SELECT content_hash, title, started_at FROM recordings WHERE recording_id = %s", (t.recording_id,)
+            "SELECT content_hash, title, started_at FROM recordings WHERE recording_id = %s",
+            (t.recording_id,),
         ).fetchone()
         if row is not None and row[0] == new_hash:
             if (row[1], row[2]) != (t.title, t.started_at):
@@ -66,9 +67,7 @@ def read_recording(conn: psycopg.Connection, recording_id: str) -> SourceRecordi
     """A consistent snapshot of one recording's segments (None when it is not in the source)."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = conn.execute(
-            "SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)
-        ).fetchone()
+        row = conn.execute("SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone()
         if row is None:
             return None
         segs = conn.execute(

@@ -75,8 +75,17 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
         )
     ]
     return DbStatus(
-        model, row[0], row[1], row[2], row[3], chunks, vec[0], vec[1], vec[2],
-        float(vec[3]) if vec[3] is not None else None, stale_ids,
+        model,
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        chunks,
+        vec[0],
+        vec[1],
+        vec[2],
+        float(vec[3]) if vec[3] is not None else None,
+        stale_ids,
     )
 
 

@@ -46,9 +46,7 @@ def write_chunk_plan(
     """Replace the recording's chunk rows for ``model_id`` with ``chunks``, touching only changed rows."""
     with conn.transaction():
         lock_recording(conn, recording_id)
-        row = conn.execute(
-            "SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)
-        ).fetchone()
+        row = conn.execute("SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone()
         if row is None:
             raise SourceChangedError(f"recording {recording_id!r} was deleted from the source while chunking")
         if row[0] != source_hash:
@@ -76,8 +74,19 @@ def write_chunk_plan(
             ) as copy:
                 for c in new:
                     copy.write_row(
-                        (recording_id, model_id, c.chunk_index, c.content, c.first_seq, c.last_seq,
-                         c.start_s, c.end_s, list(c.speakers), c.token_count, c.content_hash)
+                        (
+                            recording_id,
+                            model_id,
+                            c.chunk_index,
+                            c.content,
+                            c.first_seq,
+                            c.last_seq,
+                            c.start_s,
+                            c.end_s,
+                            list(c.speakers),
+                            c.token_count,
+                            c.content_hash,
+                        )
                     )
         conn.execute(
             """INSERT INTO chunk_plans (recording_id, model, source_hash, chunk_count, chunker)

@@ -151,9 +151,7 @@ def _segment_from_obj(seg: Any, where: str, problems: list[InputProblem]) -> Seg
     return _make_segment(speaker, text, seg.get("start_s"), seg.get("end_s"), where, problems)
 
 
-def _make_segment(
-    speaker: str, text: str, start: Any, end: Any, where: str, problems: list[InputProblem]
-) -> Segment:
+def _make_segment(speaker: str, text: str, start: Any, end: Any, where: str, problems: list[InputProblem]) -> Segment:
     if len(text) > MAX_SEGMENT_CHARS:
         raise ValueError(
             f"segment text is {len(text):,} characters; the limit is {MAX_SEGMENT_CHARS:,}. "

@@ -107,8 +107,13 @@ class FakeOpenAI:
             return self._send(h, 404, json.dumps({"error": {"message": "not found"}}).encode(), {})
         if h.headers.get("Authorization") != f"Bearer {self.api_key}":
             given = h.headers.get("Authorization", "")[-4:]
-            body = {"error": {"message": f"Incorrect API key provided: sk-****{given}.", "type": "invalid_request_error",
-                              "code": "invalid_api_key"}}
+            body = {
+                "error": {
+                    "message": f"Incorrect API key provided: sk-****{given}.",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            }
             return self._send(h, 401, json.dumps(body).encode(), {})
         fault = self.fault(n)
         if fault is not None and fault.dimension is None and not fault.drop_one:
@@ -118,9 +123,13 @@ class FakeOpenAI:
                 h.close_connection = True
                 h.connection.shutdown(2)
                 return None
-            body = fault.raw if fault.raw is not None else json.dumps(
-                fault.body or {"error": {"message": f"injected {fault.status}", "type": "server_error"}}
-            ).encode()
+            body = (
+                fault.raw
+                if fault.raw is not None
+                else json.dumps(
+                    fault.body or {"error": {"message": f"injected {fault.status}", "type": "server_error"}}
+                ).encode()
+            )
             return self._send(h, fault.status, body, fault.headers)
         inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
         dim = (fault.dimension if fault and fault.dimension else None) or payload.get("dimensions") or self.default_dim
@@ -139,6 +148,10 @@ class FakeOpenAI:
             data.append({"object": "embedding", "index": i, "embedding": emb})
         if fault is not None and fault.drop_one:
             data.pop()
-        body = {"object": "list", "data": data, "model": payload.get("model"),
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        body = {
+            "object": "list",
+            "data": data,
+            "model": payload.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return self._send(h, 200, json.dumps(body).encode(), {})

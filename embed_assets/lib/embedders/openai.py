@@ -132,7 +132,9 @@ class OpenAIEmbedder:
                     e,
                 ) from None
             except oa.PermissionDeniedError as e:
-                raise self._fail(f"the API key may not use model {self.spec.name!r}; check the key's project", e) from None
+                raise self._fail(
+                    f"the API key may not use model {self.spec.name!r}; check the key's project", e
+                ) from None
             except oa.NotFoundError as e:
                 raise self._fail(
                     f"model {self.spec.name!r} or the endpoint was not found: check EMBED_MODEL and "
@@ -208,9 +210,7 @@ class OpenAIEmbedder:
                 "lower chunk_tokens"
             )
         stats = EmbedResult(np.empty((len(texts), self.spec.dimension), dtype=np.float32))
-        batches = pack_requests(
-            token_counts, self.config.max_inputs_per_request, self.config.max_tokens_per_request
-        )
+        batches = pack_requests(token_counts, self.config.max_inputs_per_request, self.config.max_tokens_per_request)
 
         def run(r: range) -> None:
             stats.vectors[r.start : r.stop] = self._request(texts[r.start : r.stop], stats)
