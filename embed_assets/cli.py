@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -265,47 +266,48 @@ def search(
         out.print("   " + h.content[:300].replace("\n", "\n   "), highlight=False, markup=False)
 
 
-def _failed_partitions(instance, keys: list[str]) -> list[str]:
-    import dagster as dg
-
-    from embed_assets.defs.partitions import recordings_partitions
-
-    if not keys:
-        return []
-    status = instance.get_status_by_partition(dg.AssetKey("chunk_embeddings"), keys, recordings_partitions)
-    return [k for k, v in (status or {}).items() if v == dg.AssetPartitionStatus.FAILED]
-
-
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Partition and queue health: done, failed, never run, stale; completion rate; the verdict."""
-    from embed_assets.lib.status import db_status, verdict
+    """Partition and queue health: done, failed, dead-lettered, never run, stale; completion rate; verdict."""
+    from embed_assets.defs.checks import pipeline_health
+    from embed_assets.defs.resources import VectorStoreResource
 
     spec = _spec()
-    with _connect_migrated() as conn:
-        s = db_status(conn, spec.model_id)
-    instance = _instance()
-    keys = instance.get_dynamic_partitions(PARTITIONS)
-    failed = _failed_partitions(instance, keys)
-    level, reasons = verdict(s, len(failed), 0)
+    _connect_migrated().close()
+    h = pipeline_health(_instance(), VectorStoreResource(), spec.model_id)
+    s = h["db"]
     data = {
         **s.as_dict(),
-        "partitions": len(keys),
-        "failed": len(failed),
-        "failed_ids": failed[:20],
-        "verdict": level,
-        "reasons": reasons,
+        "partitions": h["partitions"],
+        "failed": len(h["failed"]),
+        "dead_lettered": len(h["dead_lettered"]),
+        "failed_ids": h["failed"][:50],
+        "dead_lettered_ids": h["dead_lettered"][:50],
+        "last_errors": h["errors"],
+        "verdict": h["verdict"],
+        "reasons": h["reasons"],
     }
     if as_json:
         print(json.dumps(data, default=str))
         return
-    colour = {"healthy": "green", "warning": "yellow", "critical": "red"}[level]
+    colour = {"healthy": "green", "warning": "yellow", "critical": "red"}[h["verdict"]]
     out.print(
-        f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(failed)} failed, "
-        f"{s.never_embedded} never embedded, {s.stale} stale\n"
+        f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(h['failed'])} failed, "
+        f"{len(h['dead_lettered'])} dead-lettered, {s.never_embedded} never embedded, {s.stale} stale\n"
         f"completion {s.completion_rate:.1%}; {s.chunks} chunks, {s.vectors} vectors "
-        f"({s.vectors_last_hour} in the last hour)\n"
-        f"[{colour}]{level}[/{colour}]" + (": " + "; ".join(reasons) if reasons else ""),
+        f"({s.vectors_last_hour} embedded in the last hour)",
+        highlight=False,
+    )
+    for rid in (h["dead_lettered"] + h["failed"])[:20]:
+        e = h["errors"].get(rid, {})
+        tag = "dead-lettered" if rid in h["dead_lettered"] else "failed"
+        out.print(
+            f"  {tag} {rid}: {e.get('error', 'no recorded error (see the run in the UI)')}",
+            highlight=False,
+            markup=False,
+        )
+    out.print(
+        f"[{colour}]{h['verdict']}[/{colour}]" + (": " + "; ".join(h["reasons"]) if h["reasons"] else ""),
         highlight=False,
     )
 
@@ -324,6 +326,8 @@ def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> No
 
 
 def main() -> None:
+    # Dagster flags BackfillPolicy and per-op pools as beta/preview on every import: noise for CLI users.
+    warnings.filterwarnings("ignore", message=".*(beta|preview)", category=Warning)
     try:
         app()
     except EmbedAssetsError as e:

@@ -3,13 +3,17 @@
 import dagster as dg
 
 from embed_assets.defs.assets import chunk_embeddings, transcript_chunks
-from embed_assets.defs.checks import embedding_config_valid
+from embed_assets.defs.checks import chunk_integrity, completion_rate, embedding_config_valid
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.defs.schedules import retry_failed_recordings
+from embed_assets.defs.sensors import new_recordings_sensor
 
 defs = dg.Definitions(
     assets=[transcript_chunks, chunk_embeddings],
-    asset_checks=[embedding_config_valid],
+    asset_checks=[embedding_config_valid, completion_rate, chunk_integrity],
     jobs=[embed_recordings],
+    sensors=[new_recordings_sensor],
+    schedules=[retry_failed_recordings],
     resources={"store": VectorStoreResource(), "embedder": EmbedderResource()},
 )

@@ -13,7 +13,7 @@ from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.errors import ConfigError, ProviderError, TransientProviderError
 from embed_assets.lib.pipeline import ChunkStats, EmbedStats, chunk_recording, embed_recording
-from embed_assets.lib.store import SourceChangedError
+from embed_assets.lib.store import SourceChangedError, record_error
 
 # Many recordings per backfill run, so 1,000 recordings are 40 process launches, not 1,000.
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
@@ -32,6 +32,7 @@ def _run_each(
     *,
     step_retries: int,
     retry_delay_s: float,
+    on_error: Callable[[str, str], None],
 ) -> list[Any]:
     """Run ``work`` per recording. Configuration/provider errors stop everything at once; other errors are
     collected so the remaining recordings still complete, then the step fails (or retries) naming each."""
@@ -42,6 +43,7 @@ def _run_each(
         except ConfigError as e:
             raise _fatal(str(e), recording=key) from None
         except ProviderError as e:
+            on_error(key, str(e))
             raise _fatal(f"{key}: {e}", recording=key) from None
         except psycopg.errors.QueryCanceled as e:
             # A statement timeout: retrying the same batch size would time out again. The small-batch
@@ -53,6 +55,8 @@ def _run_each(
         except (TransientProviderError, SourceChangedError, psycopg.OperationalError) as e:
             failed[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             transient = True
+        if key in failed:
+            on_error(key, failed[key])
         context.log.info(f"{key}: {'failed' if key in failed else 'done'} ({len(results)}/{len(keys)} done)")
     if failed:
         summary = "; ".join(f"{k}: {v}" for k, v in failed.items())
@@ -101,6 +105,7 @@ def transcript_chunks(
             lambda key: chunk_recording(conn, key, spec, params),
             step_retries=2,
             retry_delay_s=5.0,
+            on_error=lambda key, e: record_error(conn, key, spec.model_id, "transcript_chunks", e, context.run_id),
         )
     return dg.MaterializeResult(
         metadata={
@@ -162,6 +167,7 @@ def chunk_embeddings(
                 ),
                 step_retries=config.step_retries,
                 retry_delay_s=config.step_retry_delay_s,
+                on_error=lambda key, e: record_error(conn, key, spec.model_id, "chunk_embeddings", e, context.run_id),
             )
     finally:
         client.close()

@@ -1,14 +1,21 @@
-"""Asset checks. `embedding_config_valid` is global (configuration is not per recording) and blocking on
-the first asset, so a misconfigured deployment fails its very first run before any provider call."""
+"""Asset checks, all global (each docstring says why). `embedding_config_valid` is blocking on the first
+asset, so a misconfigured deployment fails its very first run before any provider call."""
 
 import os
+from typing import Any
 
 import dagster as dg
 
-from embed_assets.defs.assets import transcript_chunks
+from embed_assets.defs.assets import chunk_embeddings, transcript_chunks
+from embed_assets.defs.health import failure_state
+from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.database import redact_url
+from embed_assets.lib.discovery import source_hashes
 from embed_assets.lib.health import check_configuration
+from embed_assets.lib.integrity import check_integrity
+from embed_assets.lib.settings import automation_settings
+from embed_assets.lib.status import db_status, last_errors, verdict
 
 
 def _probe(embedder: EmbedderResource) -> None:
@@ -40,4 +47,74 @@ def embedding_config_valid(store: VectorStoreResource, embedder: EmbedderResourc
         severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(report.problems) or "configuration valid",
         metadata=metadata,
+    )
+
+
+def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, model_id: str) -> dict[str, Any]:
+    """Everything `completion_rate` and `embed-assets status` report, computed once, the same way."""
+    settings = automation_settings()
+    keys = instance.get_dynamic_partitions(recordings_partitions.name)
+    with store.connect() as conn:
+        db = db_status(conn, model_id)
+        hashes = source_hashes(conn, keys)
+        state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
+        errors = last_errors(conn, model_id, state.all_failed[:50])
+    level, reasons = verdict(db, len(state.failed), len(state.dead_lettered))
+    return {
+        "db": db,
+        "partitions": len(keys),
+        "failed": state.failed,
+        "dead_lettered": state.dead_lettered,
+        "attempts": state.attempts,
+        "errors": errors,
+        "verdict": level,
+        "reasons": reasons,
+    }
+
+
+@dg.asset_check(asset=chunk_embeddings)
+def completion_rate(
+    context: dg.AssetCheckExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
+) -> dg.AssetCheckResult:
+    """Share of recordings whose current transcript is embedded, failed and dead-lettered recordings, and
+    embedding activity while work is pending, against DESIGN.md's thresholds (completion >= 99%; dead
+    letters 0-20 healthy, 21-50 WARN, > 50 ERROR; nothing embedded for 1 h / 6 h while work is pending:
+    WARN / ERROR). Global, not per partition: a rate is a property of the whole set."""
+    h = pipeline_health(context.instance, store, embedder.spec().model_id)
+    db = h["db"]
+    dead = h["dead_lettered"]
+    return dg.AssetCheckResult(
+        passed=h["verdict"] == "healthy",
+        severity=dg.AssetCheckSeverity.ERROR if h["verdict"] == "critical" else dg.AssetCheckSeverity.WARN,
+        description="; ".join(h["reasons"]) or f"healthy: {db.completion_rate:.2%} complete",
+        metadata={
+            "completion_rate": dg.MetadataValue.float(round(db.completion_rate, 6)),
+            "recordings": db.recordings,
+            "embedded": db.embedded_current,
+            "never_embedded": db.never_embedded,
+            "stale": db.stale,
+            "failed": len(h["failed"]),
+            "dead_lettered": len(dead),
+            "vectors_last_hour": db.vectors_last_hour,
+            "minutes_since_last_embedding": round((db.seconds_since_last_embedding or 0) / 60, 1),
+            "dead_lettered_recordings": dg.MetadataValue.json(
+                {k: h["errors"].get(k, {}).get("error", "see the run in the UI") for k in dead[:50]}
+            ),
+        },
+    )
+
+
+@dg.asset_check(asset=chunk_embeddings)
+def chunk_integrity(store: VectorStoreResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
+    """Every chunk of every embedded recording has exactly one vector of the configured model (for its
+    current text), no vector is left without its chunk (changed or deleted recordings), no zero vectors,
+    chunk rows match their plan, and the chunks cover every segment without gaps. Global: a write into one
+    partition can only be wrong in ways a whole-table query also sees, and a few indexed queries are cheap."""
+    with store.connect() as conn:
+        result = check_integrity(conn, embedder.spec().model_id)
+    return dg.AssetCheckResult(
+        passed=result.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="consistent" if result.ok else f"inconsistent recordings, e.g. {', '.join(result.examples)}",
+        metadata={k: (dg.MetadataValue.json(v) if isinstance(v, list) else v) for k, v in result.as_dict().items()},
     )

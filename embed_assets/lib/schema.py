@@ -132,10 +132,50 @@ def _vector_tables(conn: psycopg.Connection, dim: int) -> None:
     )
 
 
+def _automation_tables(conn: psycopg.Connection, dim: int) -> None:
+    # Tombstones of deleted recordings, so the sensor finds deletions by cursor instead of a full scan.
+    conn.execute(
+        """
+        CREATE TABLE deleted_recordings (
+            id           bigserial PRIMARY KEY,
+            recording_id text NOT NULL,
+            deleted_at   timestamptz NOT NULL DEFAULT now()
+        )"""
+    )
+    conn.execute(
+        """
+        CREATE FUNCTION embed_assets_recording_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO deleted_recordings (recording_id) VALUES (OLD.recording_id);
+            RETURN OLD;
+        END $$"""
+    )
+    conn.execute(
+        """CREATE TRIGGER recordings_deleted AFTER DELETE ON recordings
+           FOR EACH ROW EXECUTE FUNCTION embed_assets_recording_deleted()"""
+    )
+    # The last error of each recording that failed (per recording, even inside a many-partition run).
+    conn.execute(
+        """
+        CREATE TABLE recording_errors (
+            recording_id text NOT NULL REFERENCES recordings (recording_id) ON DELETE CASCADE,
+            model        text NOT NULL,
+            source_hash  text NOT NULL,
+            asset        text NOT NULL,
+            error        text NOT NULL,
+            run_id       text,
+            failures     integer NOT NULL DEFAULT 1,
+            failed_at    timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (recording_id, model)
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
     Migration(3, "vector tables and transcript_chunks view", _vector_tables),
+    Migration(4, "deletion tombstones and per-recording errors", _automation_tables),
 )
 
 

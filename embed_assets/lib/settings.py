@@ -50,3 +50,36 @@ def load_settings() -> Settings:
         dimensions=_int_or_none("EMBED_DIMENSIONS"),
         openai_base_url=os.environ.get("OPENAI_BASE_URL", "").strip() or None,
     )
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """Knobs of the sensor, the retry schedule and the health thresholds (read at tick time)."""
+
+    max_runs_per_tick: int  # EMBED_SENSOR_MAX_RUNS: run requests per sensor tick (protects the run queue)
+    scan_limit: int  # EMBED_SENSOR_SCAN_LIMIT: source rows read per tick
+    settle_s: float  # EMBED_SENSOR_SETTLE_S: ignore rows younger than this (late commits)
+    reconcile_every_s: float  # EMBED_SENSOR_RECONCILE_S: full partition/source reconcile period
+    small_batch_attempts: int  # EMBED_SMALL_BATCH_ATTEMPTS: automatic small-batch retries before dead-letter
+    retries_per_tick: int  # EMBED_RETRIES_PER_TICK: small-batch runs the schedule launches per tick
+
+
+def _env_num(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as e:
+        raise ValueError(f"{name}={raw!r} is not a number; set a number or unset it") from e
+
+
+def automation_settings() -> AutomationSettings:
+    return AutomationSettings(
+        max_runs_per_tick=int(_env_num("EMBED_SENSOR_MAX_RUNS", 50)),
+        scan_limit=int(_env_num("EMBED_SENSOR_SCAN_LIMIT", 20_000)),
+        settle_s=_env_num("EMBED_SENSOR_SETTLE_S", 10),
+        reconcile_every_s=_env_num("EMBED_SENSOR_RECONCILE_S", 3600),
+        small_batch_attempts=int(_env_num("EMBED_SMALL_BATCH_ATTEMPTS", 3)),
+        retries_per_tick=int(_env_num("EMBED_RETRIES_PER_TICK", 20)),
+    )

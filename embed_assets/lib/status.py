@@ -107,3 +107,25 @@ def verdict(s: DbStatus, failed: int, dead_lettered: int, t: Thresholds = Thresh
             reasons.append(("warning", f"work is pending but nothing was embedded for {idle / 60:.0f} min"))
     level = "critical" if any(r[0] == "critical" for r in reasons) else "warning" if reasons else "healthy"
     return level, [r[1] for r in reasons]
+
+
+def last_errors(conn: psycopg.Connection, model: str, ids: list[str]) -> dict[str, dict[str, object]]:
+    """The last recorded error of each recording in ``ids`` (for the current transcript or an earlier one)."""
+    rows = conn.execute(
+        """SELECT x.recording_id, x.asset, x.error, x.failures, x.failed_at, x.run_id,
+                  x.source_hash = r.content_hash
+           FROM recording_errors x JOIN recordings r USING (recording_id)
+           WHERE x.model = %s AND x.recording_id = ANY(%s)""",
+        (model, ids),
+    ).fetchall()
+    return {
+        r[0]: {
+            "asset": r[1],
+            "error": r[2],
+            "failures": r[3],
+            "failed_at": r[4].isoformat(),
+            "run_id": r[5],
+            "current_transcript": r[6],
+        }
+        for r in rows
+    }

@@ -236,6 +236,9 @@ def write_vectors(
                     copy.write_row((plan.recording_id, plan.model_id, idx, h, vec))
             statements += 1
         conn.execute(
+            "DELETE FROM recording_errors WHERE recording_id = %s AND model = %s", (plan.recording_id, plan.model_id)
+        )
+        conn.execute(
             """INSERT INTO embedded_recordings (recording_id, model, source_hash, chunk_count)
                VALUES (%s, %s, %s, %s)
                ON CONFLICT (recording_id, model) DO UPDATE
@@ -246,12 +249,17 @@ def write_vectors(
     return VectorWrite(len(items), max(deleted, 0), statements, time.perf_counter() - started)
 
 
-def delete_recording_outputs(conn: psycopg.Connection, recording_id: str) -> int:
-    """Remove a recording's chunks and vectors (all models). Returns the vectors deleted."""
-    with conn.transaction():
-        lock_recording(conn, recording_id)
-        n = conn.execute("DELETE FROM chunk_vectors WHERE recording_id = %s", (recording_id,)).rowcount
-        conn.execute("DELETE FROM embedded_recordings WHERE recording_id = %s", (recording_id,))
-        conn.execute("DELETE FROM chunks WHERE recording_id = %s", (recording_id,))
-        conn.execute("DELETE FROM chunk_plans WHERE recording_id = %s", (recording_id,))
-    return n
+def record_error(
+    conn: psycopg.Connection, recording_id: str, model_id: str, asset: str, error: str, run_id: str | None
+) -> None:
+    """Keep a recording's last error (visible in `status` and the completion check); cleared on success."""
+    conn.execute(
+        """INSERT INTO recording_errors (recording_id, model, source_hash, asset, error, run_id)
+           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s FROM recordings WHERE recording_id = %(r)s
+           ON CONFLICT (recording_id, model) DO UPDATE
+           SET source_hash = EXCLUDED.source_hash, asset = EXCLUDED.asset, error = EXCLUDED.error,
+               run_id = EXCLUDED.run_id, failed_at = now(),
+               failures = CASE WHEN recording_errors.source_hash = EXCLUDED.source_hash
+                               THEN recording_errors.failures + 1 ELSE 1 END""",
+        {"r": recording_id, "m": model_id, "a": asset, "e": error[:4000], "run": run_id},
+    )

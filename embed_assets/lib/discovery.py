@@ -1,0 +1,83 @@
+"""What the sensor needs from the source tables, read by cursor rather than by full scans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SourceChange:
+    recording_id: str
+    content_hash: str
+    updated_at: datetime
+    pending: bool  # this content is not embedded yet for the model
+    failed: bool  # ... and its last attempt at this content failed (the retry schedule's business)
+
+
+_CHANGES = """
+    SELECT r.recording_id, r.content_hash, r.updated_at,
+           e.source_hash IS DISTINCT FROM r.content_hash,
+           EXISTS (SELECT 1 FROM recording_errors x
+                   WHERE x.recording_id = r.recording_id AND x.model = %(m)s AND x.source_hash = r.content_hash)
+    FROM recordings r
+    LEFT JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %(m)s
+"""
+
+
+def changes_since(
+    conn: psycopg.Connection, after: tuple[datetime, str] | None, until: datetime, model_id: str, limit: int
+) -> list[SourceChange]:
+    """Recordings new or changed after the (updated_at, recording_id) cursor and at or before ``until``
+    (a settle margin behind now, so a transaction that commits a moment late is not skipped), oldest first."""
+    since, last_id = after or (EPOCH, "")
+    rows = conn.execute(
+        _CHANGES
+        + """WHERE (r.updated_at, r.recording_id) > (%(since)s, %(id)s) AND r.updated_at <= %(until)s
+             ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
+        {"m": model_id, "since": since, "id": last_id, "until": until, "limit": limit},
+    ).fetchall()
+    return [SourceChange(*r) for r in rows]
+
+
+def pending_before(conn: psycopg.Connection, before: datetime, model_id: str, limit: int) -> list[SourceChange]:
+    """Pending, never-failed recordings behind the cursor: what a very late commit could have hidden.
+    Used by the periodic reconcile pass (a full scan, so not every tick)."""
+    rows = conn.execute(
+        _CHANGES
+        + """WHERE r.updated_at <= %(before)s AND e.source_hash IS DISTINCT FROM r.content_hash
+             ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
+        {"m": model_id, "before": before, "limit": limit},
+    ).fetchall()
+    return [SourceChange(*r) for r in rows if not r[4]]
+
+
+def deletions_since(conn: psycopg.Connection, after_id: int, limit: int) -> tuple[list[str], int]:
+    """Recording ids deleted after tombstone ``after_id`` and not loaded again since; and the new cursor."""
+    rows = conn.execute(
+        """SELECT d.id, d.recording_id, EXISTS (SELECT 1 FROM recordings r WHERE r.recording_id = d.recording_id)
+           FROM deleted_recordings d WHERE d.id > %s ORDER BY d.id LIMIT %s""",
+        (after_id, limit),
+    ).fetchall()
+    gone = list(dict.fromkeys(r[1] for r in rows if not r[2]))
+    return gone, (rows[-1][0] if rows else after_id)
+
+
+def all_recording_ids(conn: psycopg.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT recording_id FROM recordings")}
+
+
+def source_hashes(conn: psycopg.Connection, ids: list[str]) -> dict[str, str]:
+    return dict(
+        conn.execute(
+            "SELECT recording_id, content_hash FROM recordings WHERE recording_id = ANY(%s)", (ids,)
+        ).fetchall()
+    )
+
+
+def db_now(conn: psycopg.Connection) -> datetime:
+    return conn.execute("SELECT now()").fetchone()[0]
