@@ -188,3 +188,12 @@ def test_small_batch_yaml_equals_the_python_preset() -> None:
     from dagster._core.definitions.run_config import RunConfig  # noqa: F401
 
     assert dg.validate_run_config(defs.resolve_job_def("embed_recordings"), SMALL_BATCH)
+
+
+def test_the_small_batch_preset_is_selectable_by_name(conn, instance, fake_openai) -> None:
+    (rid,) = load(conn, instance, [short("rec-a", 40)])
+    result = run(instance, rid, {"ops": {"chunk_embeddings": {"config": {"preset": "small_batch"}}}})
+    assert result.success
+    md = result.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    assert md["insert_statements"].value == -(-md["chunks"].value // 5)
+    assert max(fake_openai.seen.batch_sizes) <= 16

@@ -10,10 +10,10 @@ import dagster as dg
 import psycopg
 import pytest
 
+from embed_assets.definitions import defs
 from embed_assets.defs.config import SMALL_BATCH
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.schedules import retry_failed_recordings
-from embed_assets.definitions import defs
 from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
 from embed_assets_tests.test_assets import counts, load, short
 

@@ -141,6 +141,7 @@ def chunk_embeddings(
     """Vectors for every chunk, in `chunk_vectors` (HNSW cosine index). Chunks whose text and model already
     have a vector are never sent again; each recording's vectors are replaced in one transaction by binary
     COPY in statements of `insert_batch_size` rows."""
+    config = config.effective()
     try:
         spec = embedder.spec()
         client = embedder.build(

@@ -1,5 +1,6 @@
 """Run config of the two assets, and the small-batch preset (the same config with other values)."""
 
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,20 @@ class ChunkConfig(dg.Config):
         return ChunkParams(self.chunk_tokens, self.chunk_overlap)
 
 
-class EmbedConfig(dg.Config):
-    """How vectors are requested from the provider and written to Postgres."""
+class Preset(Enum):
+    default = "default"
+    small_batch = "small_batch"
 
+
+class EmbedConfig(dg.Config):
+    """How vectors are requested from the provider and written to Postgres. `preset: small_batch` (a
+    dropdown in the launchpad) replaces every value below with the small-batch preset's."""
+
+    preset: Preset = Field(
+        Preset.default,
+        description="small_batch: the recovery preset (5 vectors per insert, one request at a time, long "
+        "timeouts); it replaces the values below.",
+    )
     embed_batch_size: int = Field(256, description="Max inputs per provider request (OpenAI allows 2048).")
     insert_batch_size: int = Field(100, description="Vectors per COPY statement (each under statement_timeout_s).")
     max_concurrency: int = Field(4, description="Provider requests in flight at once, per run.")
@@ -40,25 +52,29 @@ class EmbedConfig(dg.Config):
     step_retries: int = Field(2, description="Re-runs of the step after transient failures (database, provider).")
     step_retry_delay_s: float = Field(30.0, description="Base delay of step re-runs; doubles on every retry.")
 
+    def effective(self) -> "EmbedConfig":
+        """The values in force: this config, or the small-batch preset's when `preset` asks for it."""
+        if self.preset != Preset.small_batch:
+            return self
+        return EmbedConfig(**{**self._as_config_dict(), **SMALL_BATCH_VALUES, "preset": Preset.small_batch})
+
+    def _as_config_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in type(self).model_fields if k != "preset"}
+
 
 # The old system's recovery lever, as values of the same config: 5 vectors per insert instead of 100,
 # one request at a time, small provider batches and long timeouts. The schedule launches one recording per
 # run with it. `presets/small_batch.yaml` holds the same values for `dagster job execute -c` and the UI.
-SMALL_BATCH: dict[str, Any] = {
-    "ops": {
-        "chunk_embeddings": {
-            "config": {
-                "embed_batch_size": 16,
-                "insert_batch_size": 5,
-                "max_concurrency": 1,
-                "request_timeout_s": 180.0,
-                "statement_timeout_s": 300.0,
-                "max_attempts": 8,
-                "step_retries": 1,
-            }
-        }
-    }
+SMALL_BATCH_VALUES: dict[str, Any] = {
+    "embed_batch_size": 16,
+    "insert_batch_size": 5,
+    "max_concurrency": 1,
+    "request_timeout_s": 180.0,
+    "statement_timeout_s": 300.0,
+    "max_attempts": 8,
+    "step_retries": 1,
 }
+SMALL_BATCH: dict[str, Any] = {"ops": {"chunk_embeddings": {"config": dict(SMALL_BATCH_VALUES)}}}
 
 SMALL_BATCH_YAML = Path(__file__).resolve().parent.parent / "presets" / "small_batch.yaml"
 
