@@ -320,9 +320,13 @@ def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> No
     from embed_assets.lib.database import dagster_database_url
 
     _instance()
+    workspace = Path(os.environ["DAGSTER_HOME"]) / "workspace.yaml"
+    if not workspace.is_file():
+        _die(f"no workspace.yaml in DAGSTER_HOME ({workspace.parent}); set DAGSTER_HOME to the repository root")
     dagster_database_url()  # start the embedded server before Dagster's processes race to do it
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml", "-p", str(port)])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background start must stay stoppable by its pid
+    dagster = Path(sys.executable).parent / "dagster"
+    os.execv(str(dagster), [str(dagster), "dev", "-w", str(workspace), "-p", str(port)])
 
 
 def main() -> None:
