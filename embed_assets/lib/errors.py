@@ -21,3 +21,7 @@ class TransientProviderError(EmbedAssetsError):
 
 class InputError(EmbedAssetsError):
     """A transcript file or record is malformed; nothing from it was stored."""
+
+
+class RecordingDeletedError(EmbedAssetsError):
+    """The recording is no longer in the source tables. Retrying cannot help; its outputs went with it."""

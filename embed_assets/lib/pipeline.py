@@ -10,9 +10,10 @@ import psycopg
 
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.embedders.base import Embedder
+from embed_assets.lib.errors import RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources import read_recording
-from embed_assets.lib.store import SourceChangedError, plan_embeddings, write_chunk_plan, write_vectors
+from embed_assets.lib.store import plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.tokenizers import token_counter
 
 
@@ -35,7 +36,7 @@ def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec
     started = time.perf_counter()
     source = read_recording(conn, recording_id)
     if source is None:
-        raise SourceChangedError(
+        raise RecordingDeletedError(
             f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
             "partition, or load it again with `embed-assets load`"
         )

@@ -18,7 +18,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from embed_assets.lib.chunking import Chunk
-from embed_assets.lib.errors import ConfigError, EmbedAssetsError
+from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.schema import vector_dimension
 from embed_assets.lib.sources import lock_recording
 
@@ -48,7 +48,7 @@ def write_chunk_plan(
         lock_recording(conn, recording_id)
         row = conn.execute("SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone()
         if row is None:
-            raise SourceChangedError(f"recording {recording_id!r} was deleted from the source while chunking")
+            raise RecordingDeletedError(f"recording {recording_id!r} was deleted from the source while chunking")
         if row[0] != source_hash:
             raise SourceChangedError(
                 f"recording {recording_id!r} changed in the source while chunking; re-run its partition"
@@ -132,6 +132,7 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
         (recording_id, model_id),
     ).fetchone()
     if plan is None:
+        _raise_if_deleted(conn, recording_id)
         raise SourceChangedError(
             f"recording {recording_id!r} has no chunks for model {model_id!r}; "
             "materialize transcript_chunks for this partition first"
@@ -160,6 +161,14 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
             else:
                 result.to_embed.append(m)
     return result
+
+
+def _raise_if_deleted(conn: psycopg.Connection, recording_id: str) -> None:
+    if conn.execute("SELECT 1 FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone() is None:
+        raise RecordingDeletedError(
+            f"recording {recording_id!r} was deleted from the source; its chunks and vectors went with it "
+            "and nothing was written (the sensor removes its partition)"
+        )
 
 
 def _as_array(value: object) -> np.ndarray:
@@ -195,6 +204,8 @@ def write_vectors(
             "SELECT chunked_at FROM chunk_plans WHERE recording_id = %s AND model = %s",
             (plan.recording_id, plan.model_id),
         ).fetchone()
+        if current is None:
+            _raise_if_deleted(conn, plan.recording_id)
         if current is None or current[0] != plan.chunked_at:
             raise SourceChangedError(
                 f"recording {plan.recording_id!r} was re-chunked or deleted during embedding; "

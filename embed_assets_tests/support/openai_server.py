@@ -55,6 +55,8 @@ class FakeOpenAI:
         self.default_dim = default_dim
         self.seen = Seen()
         self.fault: Callable[[int], Fault | None] = lambda n: None  # request number (1-based) -> fault
+        self.gate = threading.Event()  # requests wait here until the test opens it (open by default)
+        self.gate.set()
         self._lock = threading.Lock()
         self._counter = token_counter("cl100k_base")
         server = self
@@ -103,6 +105,7 @@ class FakeOpenAI:
             self.seen.requests += 1
             n = self.seen.requests
             self.seen.auth_headers.add(h.headers.get("Authorization", ""))
+        self.gate.wait(timeout=120)
         if h.path.rstrip("/") != "/v1/embeddings":
             return self._send(h, 404, json.dumps({"error": {"message": "not found"}}).encode(), {})
         if h.headers.get("Authorization") != f"Bearer {self.api_key}":
