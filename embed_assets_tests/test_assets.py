@@ -141,16 +141,47 @@ def test_model_dimension_mismatch_blocks_embedding(conn, instance, fake_openai, 
     assert fake_openai.seen.requests == 0
 
 
-def test_transient_faults_on_a_fifth_of_requests_lose_nothing(conn, instance, fake_openai) -> None:
-    fake_openai.fault = lambda n: Fault(500) if n % 5 == 0 else None
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(429, headers={"retry-after": "0.01"}),
+        Fault(500),
+        Fault(503),
+        Fault(200, delay_s=0.6),  # past the 0.3 s request timeout
+        Fault(drop=True),
+        Fault(200, raw=b'{"data": [tru'),
+    ],
+    ids=["429", "500", "503", "timeout", "dropped", "malformed-json"],
+)
+def test_transient_faults_on_a_fifth_of_requests_lose_nothing(conn, instance, fake_openai, fault: Fault) -> None:
+    fake_openai.fault = lambda n: fault if n % 5 == 0 else None
     ids = load(conn, instance, [short(f"rec-{i}", 40, extra=str(i)) for i in range(3)])
-    config = {"ops": {"chunk_embeddings": {"config": {"backoff_base_s": 0.01, "embed_batch_size": 4}}}}
+    config = {
+        "ops": {
+            "chunk_embeddings": {"config": {"backoff_base_s": 0.01, "embed_batch_size": 2, "request_timeout_s": 0.3}}
+        }
+    }
     for rid in ids:
         assert run(instance, rid, config).success
     n = counts(conn)[0]
     assert counts(conn) == (n, n, n)
+    failed_requests = fake_openai.seen.requests - fake_openai.seen.ok
     assert fake_openai.seen.inputs == n  # every chunk paid for exactly once
-    assert fake_openai.seen.requests <= 1.3 * fake_openai.seen.ok  # bounded: no retry storm
+    assert failed_requests <= fake_openai.seen.requests // 5 + 1  # bounded: each fault costs one retry
+    print(
+        f"fault {fault.status}{' drop' if fault.drop else ''}: {n} chunks, {fake_openai.seen.requests} requests, "
+        f"{failed_requests} failed, {n} vectors"
+    )
+
+
+def test_wrong_dimension_from_the_provider_fails_loudly_and_writes_nothing(conn, instance, fake_openai) -> None:
+    fake_openai.fault = lambda n: Fault(dimension=512)
+    (rid,) = load(conn, instance, [short("rec-a")])
+    result = run(instance, rid)
+    assert not result.success
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "returned 512-dim vectors" in message and fake_openai.seen.requests == 1
+    assert counts(conn)[1] == 0
 
 
 def test_statement_timeout_fails_without_retries_and_small_batch_recovers(conn, instance, fake_openai) -> None:

@@ -146,3 +146,40 @@ def test_definitions_validate() -> None:
 def test_every_command_has_help(command: str) -> None:
     proc = cli(command, "--help")
     assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_search_returns_the_design_fields(conn: psycopg.Connection, fake_openai) -> None:
+    from embed_assets.lib.chunking import ChunkParams
+    from embed_assets.lib.models import resolve_model
+    from embed_assets.lib.pipeline import chunk_recording, embed_recording
+    from embed_assets.lib.sources import upsert_transcript
+    from embed_assets.lib.transcripts import Segment, Transcript
+    from embed_assets_tests.test_store import HashEmbedder
+
+    spec = resolve_model("openai", "text-embedding-3-small", 384)
+    for rid in ("s1", "s2"):
+        segments = tuple(Segment("A", " ".join(f"{rid}w{i}x{j}" for j in range(30))) for i in range(6))
+        upsert_transcript(conn, Transcript(rid, segments))  # unique words: no two chunks share a text
+        chunk_recording(conn, rid, spec, ChunkParams(40, 5))
+        embed_recording(conn, rid, HashEmbedder(), insert_batch_size=50, statement_timeout_ms=30_000)
+    target = conn.execute("SELECT content FROM chunks WHERE recording_id = 's2' AND chunk_index = 3").fetchone()[0]
+    env = {k: os.environ[k] for k in ("EMBED_PROVIDER", "EMBED_MODEL", "EMBED_DIMENSIONS", "OPENAI_BASE_URL")}
+    env["OPENAI_API_KEY"] = fake_openai.api_key
+    proc = cli("search", target, "-k", "3", "--json", env=env, check=True)
+    hits = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(hits) == 3
+    assert list(hits[0]) == [
+        "recording_id",
+        "chunk_index",
+        "score",
+        "first_seq",
+        "last_seq",
+        "start_s",
+        "end_s",
+        "speakers",
+        "content",
+    ]
+    assert (hits[0]["recording_id"], hits[0]["chunk_index"]) == ("s2", 3) and hits[0]["score"] == pytest.approx(1.0)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    only = cli("search", target, "-k", "5", "--recording", "s1", "--json", env=env, check=True)
+    assert {json.loads(line)["recording_id"] for line in only.stdout.splitlines()} == {"s1"}

@@ -134,6 +134,12 @@ def test_permanent_errors_fail_at_once(server: FakeOpenAI, fault: Fault, match: 
     assert server.seen.requests == 1
 
 
+def test_malformed_json_with_200_is_retried(server: FakeOpenAI) -> None:
+    server.fail_requests({1}, Fault(200, raw=b'{"object": "list", "data": [{"embe'))
+    result = embedder(server).embed(*texts(2))
+    assert result.retries == 1 and result.vectors.shape == (2, 1536)
+
+
 def test_malformed_body_is_retried_then_reported(server: FakeOpenAI) -> None:
     server.fault = lambda n: Fault(502, raw=b"<html>bad gateway")
     with pytest.raises(TransientProviderError, match="after 2 attempts"):

@@ -152,6 +152,9 @@ class OpenAIEmbedder:
                 error, wait_hint = e, _retry_after_s(e.response)
             except (oa.APITimeoutError, oa.APIConnectionError) as e:
                 error, wait_hint = e, None
+            except (oa.APIResponseValidationError, ValueError, AttributeError, TypeError) as e:
+                # A body that is not the embeddings JSON (a proxy's error page, a truncated response).
+                error, wait_hint = e, None
             except oa.BadRequestError as e:
                 raise self._fail("the endpoint rejected the request as invalid", e) from None
             except oa.APIStatusError as e:
@@ -182,7 +185,7 @@ class OpenAIEmbedder:
                 f"the endpoint returned {len(data)} vectors for {n} inputs; refusing to guess which is which"
             )
         out = np.empty((n, self.spec.dimension), dtype=np.float32)
-        for row, d in enumerate(data):
+        for row, d in enumerate(data):  # a malformed item raises ValueError/TypeError: retried as transient
             emb = d.embedding
             vec = (
                 np.frombuffer(base64.b64decode(emb), dtype="<f4")

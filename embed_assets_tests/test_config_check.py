@@ -1,0 +1,63 @@
+"""embedding_config_valid's properties one by one, each failing for its own reason with its fix."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from embed_assets.lib.health import check_configuration
+from embed_assets.lib.models import resolve_model
+
+MINI = lambda: resolve_model("local", "all-MiniLM-L6-v2")  # noqa: E731
+
+
+def test_a_valid_local_configuration_passes(db_url: str) -> None:
+    report = check_configuration(MINI, lambda: db_url, api_key_present=False)
+    assert report.ok and report.problems == []
+    assert report.facts["table_dimension"] == 384 and report.facts["pgvector"].startswith("0.8")
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "dims", "expected"),
+    [
+        ("huggingface", "x", None, "EMBED_PROVIDER='huggingface' is not known"),
+        ("local", "bge-large", None, "not a bundled local model"),
+        ("openai", "my-model", None, "set EMBED_DIMENSIONS"),
+        ("openai", "text-embedding-ada-002", 256, "does not support EMBED_DIMENSIONS=256"),
+    ],
+)
+def test_unknown_provider_or_model(db_url: str, provider: str, model: str, dims, expected: str) -> None:
+    report = check_configuration(lambda: resolve_model(provider, model, dims), lambda: db_url, True)
+    assert not report.ok and expected in report.problems[0]
+
+
+def test_missing_key_for_openai(db_url: str) -> None:
+    spec = lambda: resolve_model("openai", "text-embedding-3-small", 384)  # noqa: E731
+    report = check_configuration(spec, lambda: db_url, api_key_present=False)
+    assert not report.ok and "OPENAI_API_KEY is not set" in report.problems[0]
+
+
+def test_unreachable_database() -> None:
+    url = "postgresql://nobody:secret-pw@127.0.0.1:1/none"
+    report = check_configuration(MINI, lambda: url, False)
+    assert not report.ok and "cannot reach the vector database" in report.problems[0]
+    assert "secret-pw" not in report.problems[0] and "EMBED_DATABASE_URL" in report.problems[0]
+
+
+def test_database_without_pgvector(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS no_vector")
+        c.execute("CREATE DATABASE no_vector")
+    report = check_configuration(MINI, lambda: db_url.replace("/embed_assets?", "/no_vector?"), False)
+    assert not report.ok and "pgvector extension is not installed" in report.problems[0]
+    assert "CREATE EXTENSION vector" in report.problems[0]
+
+
+def test_vectors_of_another_model_mixed_in(conn: psycopg.Connection, db_url: str) -> None:
+    conn.execute("INSERT INTO recordings (recording_id, content_hash, segment_count) VALUES ('r', 'h', 1)")
+    conn.execute(
+        """INSERT INTO chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
+           VALUES ('r', 'other-model', 0, 'h', array_fill(0.1, ARRAY[384])::vector)"""
+    )
+    report = check_configuration(MINI, lambda: db_url, False)
+    assert not report.ok and "other models (other-model: 1)" in report.problems[0]
