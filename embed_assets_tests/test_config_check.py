@@ -11,7 +11,7 @@ from embed_assets.lib.models import resolve_model
 MINI = lambda: resolve_model("local", "all-MiniLM-L6-v2")  # noqa: E731
 
 
-def test_a_valid_local_configuration_passes(db_url: str) -> None:
+def test_a_valid_local_configuration_passes(conn: psycopg.Connection, db_url: str) -> None:
     report = check_configuration(MINI, lambda: db_url, api_key_present=False)
     assert report.ok and report.problems == []
     assert report.facts["table_dimension"] == 384 and report.facts["pgvector"].startswith("0.8")

@@ -116,7 +116,8 @@ def test_database_restart_mid_write_is_retried_to_an_exact_state(
 ) -> None:
     upsert_transcript(conn, big("restart-me"))
     holder = locked(db_url)
-    proc = start_run("restart-me")
+    patient = {"ops": {"chunk_embeddings": {"config": {"step_retry_delay_s": 1.0, "step_retries": 4}}}}
+    proc = start_run("restart-me", patient)  # retries at 1, 2, 4, 8 s: the restart fits in the first
     wait_for(lambda: write_blocked(db_url), "the vector write to block on the lock")
     assert stop_embedded_server(embed_home)  # every connection dies, the open transaction with it
     holder.close()

@@ -11,7 +11,13 @@ import psycopg
 from embed_assets.defs.config import ChunkConfig, EmbedConfig
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.errors import ConfigError, ProviderError, RecordingDeletedError, TransientProviderError
+from embed_assets.lib.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    ProviderError,
+    RecordingDeletedError,
+    TransientProviderError,
+)
 from embed_assets.lib.pipeline import ChunkStats, EmbedStats, chunk_recording, embed_recording
 from embed_assets.lib.store import SourceChangedError, record_error
 
@@ -54,7 +60,7 @@ def _run_each(
                 f"statement timeout while writing vectors ({str(e).strip().splitlines()[0]}); "
                 "retry with the small-batch preset (retry_failed_recordings does so automatically)"
             )
-        except (TransientProviderError, SourceChangedError, psycopg.OperationalError) as e:
+        except (TransientProviderError, SourceChangedError, DatabaseUnavailableError, psycopg.OperationalError) as e:
             failed[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             transient = True
         if key in failed:
@@ -97,7 +103,10 @@ def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_id: str,
     def record(key: str, message: str) -> None:
         try:
             record_error(db.get(), key, model_id, asset, message, context.run_id)
-        except (psycopg.Error, ConfigError) as e:  # the failure itself still reaches Dagster; say why it isn't kept
+        except (
+            psycopg.Error,
+            DatabaseUnavailableError,
+        ) as e:  # the failure itself still reaches Dagster; say why it isn't kept
             context.log.warning(f"{key}: could not record the error in recording_errors ({type(e).__name__}: {e})")
 
     return record

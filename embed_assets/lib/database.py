@@ -18,7 +18,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.errors import ConfigError, DatabaseUnavailableError
 from embed_assets.lib.settings import Settings, load_settings
 
 VECTOR_DB = "embed_assets"
@@ -128,7 +128,7 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = "embed
     try:
         conn = psycopg.connect(url, autocommit=autocommit, application_name=application_name)
     except psycopg.OperationalError as e:
-        raise ConfigError(
+        raise DatabaseUnavailableError(
             f"cannot reach the vector database at {redact_url(url)} ({_first_line(e)}). "
             "Check EMBED_DATABASE_URL (unset it to use the embedded server under EMBED_HOME)."
         ) from None

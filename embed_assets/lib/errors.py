@@ -25,3 +25,8 @@ class InputError(EmbedAssetsError):
 
 class RecordingDeletedError(EmbedAssetsError):
     """The recording is no longer in the source tables. Retrying cannot help; its outputs went with it."""
+
+
+class DatabaseUnavailableError(EmbedAssetsError):
+    """The database could not be reached. At configuration time that is a setup problem (the config check
+    reports it); in the middle of a run it is usually a restart or failover, so runs retry it."""

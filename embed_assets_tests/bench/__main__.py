@@ -1,0 +1,61 @@
+"""`make bench`: every figure against its floor, in one run. `--quick` is the smoke size the tests use.
+
+python -m embed_assets_tests.bench [--quick] [--vectors N] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from embed_assets.lib.database import vector_database_url
+from embed_assets_tests.bench import providers, scale, search, write_path
+from embed_assets_tests.bench.report import Report
+
+
+def progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def bench_url() -> str:
+    """Database `embed_bench` on the project's server (never the vector store itself)."""
+    url = vector_database_url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'embed_bench'").fetchone():
+            conn.execute("CREATE DATABASE embed_bench")
+    return url.replace("/embed_assets?", "/embed_bench?") if "?" in url else url.rsplit("/", 1)[0] + "/embed_bench"
+
+
+def main(argv: list[str] | None = None) -> Report:
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--docs", type=int, default=8_000)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
+    args = parser.parse_args(argv)
+    n_vectors, n_docs, n_rec = (5_000, 300, 2_000) if args.quick else (args.vectors, args.docs, 100_000)
+    rng = np.random.default_rng(0)
+    report = Report()
+    url = bench_url()
+    started = time.perf_counter()
+    providers.provider_path(500 if args.quick else 20_000, 256, report, progress)
+    providers.local_model(64 if args.quick else 1_000, 32, report, progress)
+    write_path.prepare(url, n_vectors, rng, progress)
+    write_path.write_path(url, n_vectors, report, rng, progress)
+    write_path.index_strategies(url, n_vectors, report, rng, progress)
+    search.recall_and_latency(url, n_docs, 50 if args.quick else 200, report, progress)
+    for n in (n_rec // 10, n_rec):
+        scale.sensor_and_status(url, n, report, progress)
+    report.write(args.out)
+    progress(f"bench done in {time.perf_counter() - started:.0f}s; JSON in {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
