@@ -313,6 +313,28 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 @app.command()
+def index(
+    strategy: Annotated[
+        str | None, typer.Argument(help="bit, halfvec or vector; omit to show the current one.")
+    ] = None,
+) -> None:
+    """Show or replace the ANN index on chunk_vectors (see the README's benchmark table before changing it)."""
+    from embed_assets.lib.indexes import create_index, current_strategy
+
+    with _connect_migrated() as conn:
+        if strategy is None:
+            current = current_strategy(conn)
+            out.print(current.name if current else "none (search is exact)")
+            return
+        started = time.perf_counter()
+        try:
+            create_index(conn, strategy, _spec().dimension)
+        except ValueError as e:
+            _die(str(e))
+        out.print(f"index rebuilt as {strategy} in {time.perf_counter() - started:.1f}s")
+
+
+@app.command()
 def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> None:
     """Run the Dagster UI and daemon (sensor, schedule, backfills) on the embedded defaults."""
     import signal

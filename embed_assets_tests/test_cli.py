@@ -142,7 +142,9 @@ def test_definitions_validate() -> None:
     assert "Validation successful" in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("command", ["load", "sample", "status", "search", "db-url", "db-stop", "embed", "dev"])
+@pytest.mark.parametrize(
+    "command", ["load", "sample", "status", "search", "db-url", "db-stop", "embed", "dev", "index"]
+)
 def test_every_command_has_help(command: str) -> None:
     proc = cli(command, "--help")
     assert proc.returncode == 0 and "Usage" in proc.stdout

@@ -217,3 +217,35 @@ def test_wrong_dimension_is_refused_before_writing(conn: psycopg.Connection) -> 
     with pytest.raises(ConfigError, match="1536-dim vector but chunk_vectors holds 384-dim"):
         write_vectors(conn, plan, vecs, insert_batch_size=50, statement_timeout_ms=30_000)
     assert state(conn, "r1")[1] == 0
+
+
+@pytest.mark.parametrize("name", ["bit", "halfvec", "vector"])
+def test_search_finds_the_exact_chunk_under_every_index_strategy(conn: psycopg.Connection, name: str) -> None:
+    from embed_assets.lib.indexes import DEFAULT_INDEX, create_index, current_strategy
+    from embed_assets.lib.search import search
+
+    for rid in ("r1", "r2", "r3"):
+        upsert_transcript(conn, transcript(rid, 40, variant=rid))
+        run(conn, rid, HashEmbedder())
+    try:
+        assert create_index(conn, name, 384).name == name and current_strategy(conn).name == name
+        last, target = conn.execute(  # the last chunk holds the turn unique to r2
+            "SELECT chunk_index, content FROM chunks WHERE recording_id = 'r2' ORDER BY chunk_index DESC LIMIT 1"
+        ).fetchone()
+        hits = search(conn, vector_for(target, 384), SPEC.model_id, k=5)
+        assert (hits[0].recording_id, hits[0].chunk_index) == ("r2", last) and hits[0].score == pytest.approx(1.0)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True) and len(hits) == 5
+        only = search(conn, vector_for(target, 384), SPEC.model_id, k=3, recording_id="r3")
+        assert len(only) == 3 and {h.recording_id for h in only} == {"r3"}
+    finally:
+        create_index(conn, DEFAULT_INDEX, 384)
+
+
+def test_a_3072_dim_model_gets_an_index(db_url: str) -> None:
+    """text-embedding-3-large: a full-precision HNSW stops at 2,000 dimensions; the default strategy does not."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS large_model")
+        c.execute("CREATE DATABASE large_model")
+    with psycopg.connect(db_url.replace("/embed_assets?", "/large_model?"), autocommit=True) as c:
+        assert migrate(c, 3072) == [m.version for m in MIGRATIONS]
+        assert vector_dimension(c) == 3072

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from embed_assets.lib.indexes import default_strategy
+
 # pg_advisory_xact_lock key: a constant of our own ("embedasm" in ASCII).
 _MIGRATION_LOCK = 0x656D626564_61736D & 0x7FFFFFFFFFFFFFFF
 
@@ -106,7 +108,7 @@ def _vector_tables(conn: psycopg.Connection, dim: int) -> None:
         ).format(dim=sql.Literal(dim))
     )
     conn.execute("CREATE INDEX chunk_vectors_hash_idx ON chunk_vectors (model, content_hash)")
-    conn.execute("CREATE INDEX chunk_vectors_hnsw_idx ON chunk_vectors USING hnsw (embedding vector_cosine_ops)")
+    conn.execute(default_strategy(dim).ddl(dim))  # the measured default (lib/indexes.py)
     conn.execute(
         """
         CREATE TABLE embedded_recordings (

@@ -8,6 +8,8 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 
+from embed_assets.lib.indexes import current_strategy
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -26,29 +28,38 @@ class Hit:
 
 
 def search(
-    conn: psycopg.Connection,
-    query_vector: np.ndarray,
-    model_id: str,
-    k: int = 5,
-    recording_id: str | None = None,
+    conn: psycopg.Connection, query_vector: np.ndarray, model_id: str, k: int = 5, recording_id: str | None = None
 ) -> list[Hit]:
-    """The k nearest chunks by cosine similarity (score = 1 - cosine distance). Uses the HNSW index;
-    with a recording filter, pgvector's iterative scan keeps looking until k matches are found."""
+    """The k nearest chunks by cosine similarity (score = 1 - cosine distance), through the ANN index in
+    place (lib/indexes.py): a quantized index yields ``max(100, 10k)`` candidates by its own distance, which
+    are re-ranked by exact cosine. With a recording filter, pgvector's iterative scan keeps looking until
+    enough matches are found."""
     register_vector(conn)
+    index = current_strategy(conn)
+    dim = int(query_vector.shape[0])
+    coarse = index.order_by(dim) if index else "embedding <=> %(q)s"
+    candidates = max(100, 10 * k) if index and index.rerank else k
     with conn.transaction():
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, 2 * k)),))
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(40, candidates))),))
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
         rows = conn.execute(
-            """SELECT v.recording_id, v.chunk_index, 1 - (v.embedding <=> %(q)s) AS score,
-                      c.first_seq, c.last_seq, c.start_s, c.end_s, c.speakers, c.content
-               FROM (SELECT recording_id, model, chunk_index, content_hash, embedding
-                     FROM chunk_vectors
-                     WHERE model = %(model)s AND (%(rid)s::text IS NULL OR recording_id = %(rid)s)
-                     ORDER BY embedding <=> %(q)s
-                     LIMIT %(k)s) v
-               JOIN chunks c ON c.recording_id = v.recording_id AND c.model = v.model
-                            AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash
-               ORDER BY score DESC""",
-            {"q": query_vector.astype(np.float32), "model": model_id, "rid": recording_id, "k": k},
+            f"""SELECT v.recording_id, v.chunk_index, 1 - (v.embedding <=> %(q)s) AS score,
+                       c.first_seq, c.last_seq, c.start_s, c.end_s, c.speakers, c.content
+                FROM (SELECT recording_id, model, chunk_index, content_hash, embedding
+                      FROM chunk_vectors
+                      WHERE model = %(model)s AND (%(rid)s::text IS NULL OR recording_id = %(rid)s)
+                      ORDER BY {coarse}
+                      LIMIT %(candidates)s) v
+                JOIN chunks c ON c.recording_id = v.recording_id AND c.model = v.model
+                             AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash
+                ORDER BY v.embedding <=> %(q)s
+                LIMIT %(k)s""",  # noqa: S608 (the ORDER BY comes from our own constants)
+            {
+                "q": query_vector.astype(np.float32),
+                "model": model_id,
+                "rid": recording_id,
+                "k": k,
+                "candidates": candidates,
+            },
         ).fetchall()
     return [Hit(r[0], r[1], float(r[2]), r[3], r[4], r[5], r[6], list(r[7]), r[8]) for r in rows]

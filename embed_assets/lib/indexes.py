@@ -1,0 +1,94 @@
+"""The ANN index on chunk_vectors, by strategy. Chosen by measurement (`make bench`, README table):
+
+- ``bit``: HNSW over ``binary_quantize(embedding)::bit(D)`` with Hamming distance, and an exact cosine
+  re-rank of the candidates it returns. Inserts cost a fraction of a float HNSW's, the index is ~32x
+  smaller, and it accepts up to 64,000 dimensions (a ``vector`` HNSW stops at 2,000, so it cannot index
+  text-embedding-3-large at all).
+- ``halfvec``: HNSW over ``embedding::halfvec(D)`` (up to 4,000 dimensions), cosine.
+- ``vector``: pgvector's default HNSW over the full-precision column (up to 2,000 dimensions).
+
+Search and the index must agree, so the strategy in force is read from the index definition itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+INDEX_NAME = "chunk_vectors_hnsw_idx"
+DEFAULT_INDEX = "bit"
+
+
+@dataclass(frozen=True)
+class IndexStrategy:
+    name: str
+    expression: str  # indexed expression, {dim} filled in
+    opclass: str
+    query: str  # the ORDER BY distance for a query vector %(q)s, {dim} filled in
+    max_dim: int
+    rerank: bool  # candidates come from a coarse distance and are re-ranked by exact cosine
+
+    def ddl(self, dim: int) -> sql.Composed:
+        return sql.SQL("CREATE INDEX {} ON chunk_vectors USING hnsw (({}) {})").format(
+            sql.Identifier(INDEX_NAME), sql.SQL(self.expression.format(dim=int(dim))), sql.SQL(self.opclass)
+        )
+
+    def order_by(self, dim: int) -> str:
+        return self.query.format(dim=int(dim))
+
+
+STRATEGIES: dict[str, IndexStrategy] = {
+    "bit": IndexStrategy(
+        "bit",
+        "binary_quantize(embedding)::bit({dim})",
+        "bit_hamming_ops",
+        "binary_quantize(embedding)::bit({dim}) <~> binary_quantize(%(q)s::vector({dim}))",
+        64_000,
+        True,
+    ),
+    "halfvec": IndexStrategy(
+        "halfvec",
+        "embedding::halfvec({dim})",
+        "halfvec_cosine_ops",
+        "embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})",
+        4_000,
+        False,
+    ),
+    "vector": IndexStrategy("vector", "embedding", "vector_cosine_ops", "embedding <=> %(q)s", 2_000, False),
+}
+
+
+def strategy(name: str) -> IndexStrategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown index strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def default_strategy(dim: int) -> IndexStrategy:
+    s = STRATEGIES[DEFAULT_INDEX]
+    return s if dim <= s.max_dim else STRATEGIES["bit"]
+
+
+def current_strategy(conn: psycopg.Connection) -> IndexStrategy | None:
+    """The strategy of the index in place, from its definition (None: no ANN index, search is exact)."""
+    row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (INDEX_NAME,)).fetchone()
+    if row is None:
+        return None
+    for s in STRATEGIES.values():
+        if s.opclass in row[0]:
+            return s
+    return None
+
+
+def create_index(conn: psycopg.Connection, name: str, dim: int) -> IndexStrategy:
+    """Replace the ANN index with ``name``'s (in one transaction: search never sees a missing index)."""
+    s = strategy(name)
+    if dim > s.max_dim:
+        raise ValueError(f"a {name} HNSW index holds at most {s.max_dim} dimensions; this table has {dim}")
+    with conn.transaction():
+        conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(INDEX_NAME)))
+        conn.execute(s.ddl(dim))
+    return s
