@@ -32,6 +32,10 @@ lint: install
 	$(BIN)/ruff check embed_assets embed_assets_tests
 	$(BIN)/ruff format --check embed_assets embed_assets_tests
 
+# Every figure against its floor (README "Performance"); ~40 min at full size. JSON in $(EMBED_HOME)/bench.json.
+bench: install
+	$(BIN)/python -m embed_assets_tests.bench
+
 db-stop: install
 	$(BIN)/embed-assets db-stop
 

@@ -21,7 +21,19 @@ SENSOR_TIMEOUT_S = 60  # Dagster's default sensor evaluation timeout
 
 
 def sensor_and_status(url: str, n: int, report: Report, progress) -> None:
-    os.environ["EMBED_SENSOR_SETTLE_S"] = "0"
+    saved = {k: os.environ.get(k) for k in ("EMBED_SENSOR_SETTLE_S", "EMBED_DATABASE_URL")}
+    os.environ.update(EMBED_SENSOR_SETTLE_S="0", EMBED_DATABASE_URL=url)  # the resources read these
+    try:
+        _sensor_and_status(url, n, report, progress)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _sensor_and_status(url: str, n: int, report: Report, progress) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")

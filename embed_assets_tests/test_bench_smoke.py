@@ -1,0 +1,28 @@
+"""The benchmark at toy sizes, so it never rots. It measures nothing: the figures come from `make bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> None:
+    from embed_assets_tests.bench.__main__ import main
+
+    out = tmp_path / "bench.json"
+    report = main(["--quick", "--out", str(out)])
+    names = {f.name for f in report.figures}
+    for expected in (
+        "write_1000x1536_into_2000_hnsw_product",
+        "index_bit_hnsw_rerank_insert_1000",
+        "search_bit_hnsw_rerank_recall_at_10_120",
+        "provider_openai_embedder_c4",
+        "local_embedder",
+        "sensor_tick_1000",
+        "status_1000",
+    ):
+        assert expected in names
+    data = json.loads(out.read_text())
+    assert len(data) == len(report.figures) and all(f["value"] >= 0 for f in data)
+    recall = next(f for f in data if f["name"] == "search_vector_hnsw_recall_at_10_120")["value"]
+    assert 0.5 <= recall <= 1.0  # real embeddings: HNSW finds most true neighbours even at toy size
