@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import psycopg
@@ -89,9 +90,9 @@ def test_migrations_are_idempotent_and_safe_from_two_processes(db_url: str) -> N
         c.execute("DROP DATABASE IF EXISTS migrate_race")
         c.execute("CREATE DATABASE migrate_race")
     url = db_url.replace("/embed_assets?", "/migrate_race?")
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        applied = pool.map(_migrate, [url] * 4)
+    # ProcessPoolExecutor shuts down by joining; multiprocessing.Pool's terminate() can hang on exit.
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        applied = list(pool.map(_migrate, [url] * 4))
     assert sorted(v for a in applied for v in a) == [m.version for m in MIGRATIONS]  # each applied once
     with psycopg.connect(url, autocommit=True) as c:
         assert migrate(c, 384) == []
