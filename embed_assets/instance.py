@@ -26,51 +26,41 @@ def _dagster_dir(sub: str) -> str:
     return str(path)
 
 
-class EmbedRunStorage(PostgresRunStorage):
+class _ResolvedWhenLoaded:
+    """No config in dagster.yaml: the constructor arguments are resolved when the instance loads."""
+
     @classmethod
     def config_type(cls) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Any) -> EmbedRunStorage:
-        return cls(postgres_url=dagster_database_url(), inst_data=inst_data)
+    def from_config_value(cls, inst_data: Any, config_value: Any) -> Any:
+        return cls(**cls.resolve(), inst_data=inst_data)
+
+    @staticmethod
+    def resolve() -> dict[str, Any]:
+        return {"postgres_url": dagster_database_url()}
 
 
-class EmbedEventLogStorage(PostgresEventLogStorage):
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Any) -> EmbedEventLogStorage:
-        return cls(postgres_url=dagster_database_url(), inst_data=inst_data)
+class EmbedRunStorage(_ResolvedWhenLoaded, PostgresRunStorage):
+    pass
 
 
-class EmbedScheduleStorage(PostgresScheduleStorage):
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Any) -> EmbedScheduleStorage:
-        return cls(postgres_url=dagster_database_url(), inst_data=inst_data)
+class EmbedEventLogStorage(_ResolvedWhenLoaded, PostgresEventLogStorage):
+    pass
 
 
-class EmbedArtifactStorage(LocalArtifactStorage):
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Any) -> EmbedArtifactStorage:
-        return cls(base_dir=_dagster_dir("artifacts"), inst_data=inst_data)
+class EmbedScheduleStorage(_ResolvedWhenLoaded, PostgresScheduleStorage):
+    pass
 
 
-class EmbedComputeLogManager(LocalComputeLogManager):
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return {}
+class EmbedArtifactStorage(_ResolvedWhenLoaded, LocalArtifactStorage):
+    @staticmethod
+    def resolve() -> dict[str, Any]:
+        return {"base_dir": _dagster_dir("artifacts")}
 
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Any) -> EmbedComputeLogManager:
-        return cls(base_dir=_dagster_dir("compute_logs"), inst_data=inst_data)
+
+class EmbedComputeLogManager(_ResolvedWhenLoaded, LocalComputeLogManager):
+    @staticmethod
+    def resolve() -> dict[str, Any]:
+        return {"base_dir": _dagster_dir("compute_logs")}

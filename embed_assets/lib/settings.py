@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
+T = TypeVar("T")
+D = TypeVar("D")
 Provider = Literal["local", "openai"]
 PROVIDERS: tuple[str, ...] = ("local", "openai")
 DEFAULT_MODELS: dict[str, str] = {"local": "all-MiniLM-L6-v2", "openai": "text-embedding-3-small"}
@@ -27,14 +30,16 @@ class Settings:
         return self.database_url is None
 
 
-def _int_or_none(name: str) -> int | None:
+def _env(name: str, cast: Callable[[str], T], default: D) -> T | D:
+    """A numeric environment variable, or ``default`` when unset; a clear error when malformed."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return None
+        return default
     try:
-        return int(raw)
+        return cast(raw)
     except ValueError as e:
-        raise ValueError(f"{name}={raw!r} is not an integer; set it to a whole number or unset it") from e
+        kind = "a whole number" if cast is int else "a number"
+        raise ValueError(f"{name}={raw!r} is not {kind}; set it to {kind} or unset it") from e
 
 
 def load_settings() -> Settings:
@@ -47,7 +52,7 @@ def load_settings() -> Settings:
         home=Path(os.environ.get("EMBED_HOME", "").strip() or ".embed_assets").expanduser().resolve(),
         provider=provider,
         model=model,
-        dimensions=_int_or_none("EMBED_DIMENSIONS"),
+        dimensions=_env("EMBED_DIMENSIONS", int, None),
         openai_base_url=os.environ.get("OPENAI_BASE_URL", "").strip() or None,
     )
 
@@ -64,22 +69,12 @@ class AutomationSettings:
     retries_per_tick: int  # EMBED_RETRIES_PER_TICK: small-batch runs the schedule launches per tick
 
 
-def _env_num(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as e:
-        raise ValueError(f"{name}={raw!r} is not a number; set a number or unset it") from e
-
-
 def automation_settings() -> AutomationSettings:
     return AutomationSettings(
-        max_runs_per_tick=int(_env_num("EMBED_SENSOR_MAX_RUNS", 50)),
-        scan_limit=int(_env_num("EMBED_SENSOR_SCAN_LIMIT", 20_000)),
-        settle_s=_env_num("EMBED_SENSOR_SETTLE_S", 10),
-        reconcile_every_s=_env_num("EMBED_SENSOR_RECONCILE_S", 3600),
-        small_batch_attempts=int(_env_num("EMBED_SMALL_BATCH_ATTEMPTS", 3)),
-        retries_per_tick=int(_env_num("EMBED_RETRIES_PER_TICK", 20)),
+        max_runs_per_tick=_env("EMBED_SENSOR_MAX_RUNS", int, 50),
+        scan_limit=_env("EMBED_SENSOR_SCAN_LIMIT", int, 20_000),
+        settle_s=_env("EMBED_SENSOR_SETTLE_S", float, 10.0),
+        reconcile_every_s=_env("EMBED_SENSOR_RECONCILE_S", float, 3600.0),
+        small_batch_attempts=_env("EMBED_SMALL_BATCH_ATTEMPTS", int, 3),
+        retries_per_tick=_env("EMBED_RETRIES_PER_TICK", int, 20),
     )

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
+    parser.add_argument("--only", default="providers,write,search,scale", help="comma-separated figure groups")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
@@ -45,13 +46,17 @@ def main(argv: list[str] | None = None) -> Report:
     report = Report()
     url = bench_url()
     started = time.perf_counter()
-    providers.provider_path(300 if args.quick else 20_000, 256, report, progress)
-    providers.local_model(32 if args.quick else 1_000, 32, report, progress)
-    write_path.prepare(url, n_vectors, rng, progress)
-    write_path.write_path(url, n_vectors, report, rng, progress)
-    write_path.index_strategies(url, n_vectors, report, rng, progress)
-    search.recall_and_latency(url, n_docs, 30 if args.quick else 200, report, progress)
-    for n in () if args.skip_scale else (n_rec // 10, n_rec):
+    only = set(args.only.split(","))
+    if "providers" in only:
+        providers.provider_path(300 if args.quick else 20_000, 256, report, progress)
+        providers.local_model(32 if args.quick else 1_000, 32, report, progress)
+    if "write" in only:
+        write_path.prepare(url, n_vectors, rng, progress)
+        write_path.write_path(url, n_vectors, report, rng, progress)
+        write_path.index_strategies(url, n_vectors, report, rng, progress)
+    if "search" in only:
+        search.recall_and_latency(url, n_docs, 30 if args.quick else 200, report, progress)
+    for n in () if args.skip_scale or "scale" not in only else (n_rec // 10, n_rec):
         scale.sensor_and_status(url, n, report, progress)
     report.write(args.out)
     progress(f"bench done in {time.perf_counter() - started:.0f}s; JSON in {args.out}")

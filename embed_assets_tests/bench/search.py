@@ -60,7 +60,9 @@ def recall_and_latency(url: str, n_docs: int, n_queries: int, report: Report, pr
     from embed_assets.lib.embedders import LocalEmbedderConfig
 
     texts = corpus(n_docs + n_queries)
-    docs, queries = texts[:n_docs], texts[n_docs : n_docs + n_queries]
+    n_queries = min(n_queries, len(texts) // 5)  # the corpus may be smaller than asked: keep 80% as docs
+    docs, queries = texts[: len(texts) - n_queries], texts[len(texts) - n_queries :]
+    n_docs = len(docs)
     progress(f"embedding {len(texts):,} real paragraphs with all-MiniLM-L6-v2")
     model = LocalEmbedderConfig(batch_size=64).build()
     started = time.perf_counter()
