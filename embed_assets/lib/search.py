@@ -31,14 +31,15 @@ def search(
     conn: psycopg.Connection, query_vector: np.ndarray, model_id: str, k: int = 5, recording_id: str | None = None
 ) -> list[Hit]:
     """The k nearest chunks by cosine similarity (score = 1 - cosine distance), through the ANN index in
-    place (lib/indexes.py): a quantized index yields ``max(100, 10k)`` candidates by its own distance, which
+    place (lib/indexes.py): a quantized index yields ``max(200, 20k)`` candidates by its own distance, which
     are re-ranked by exact cosine. With a recording filter, pgvector's iterative scan keeps looking until
     enough matches are found."""
     register_vector(conn)
     index = current_strategy(conn)
     dim = int(query_vector.shape[0])
     coarse = index.order_by(dim) if index else "embedding <=> %(q)s"
-    candidates = max(100, 10 * k) if index and index.rerank else k
+    # 200 candidates: recall@10 0.984 vs 0.949 with 100 on real MiniLM vectors, p95 2.4 ms (make bench)
+    candidates = max(200, 20 * k) if index and index.rerank else k
     with conn.transaction():
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(40, candidates))),))
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
