@@ -187,8 +187,6 @@ def embed(
     per_run: Annotated[int, typer.Option(help="Recordings per run (partition range).", min=1)] = 25,
 ) -> None:
     """Run embed_recordings in this process over the registered recordings that need work."""
-    import dagster as dg
-
     from embed_assets.definitions import defs
 
     instance = _instance()
@@ -226,7 +224,6 @@ def embed(
     )
     if failed:
         raise typer.Exit(1)
-    _ = dg  # imported for its side effects on logging configuration
 
 
 @app.command()

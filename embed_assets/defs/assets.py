@@ -217,17 +217,16 @@ def chunk_embeddings(
     finally:
         db.close()
         client.close()
-    tokens = sum(s.tokens for s in stats)
     return dg.MaterializeResult(
         metadata={
             "recordings": len(stats),
             "chunks": sum(s.chunks for s in stats),
             "embedded": sum(s.embedded for s in stats),
             "cache_hits": sum(s.cache_hits for s in stats),
-            "tokens": tokens,
+            "tokens": sum(s.tokens for s in stats),
             "provider_requests": sum(s.requests for s in stats),
             "provider_retries": sum(s.retries for s in stats),
-            "estimated_cost_usd": round(tokens * spec.usd_per_million_tokens / 1_000_000, 6),
+            "estimated_cost_usd": round(sum(s.cost_usd(spec) for s in stats), 6),
             "vectors_written": sum(s.vectors_written for s in stats),
             "vectors_deleted": sum(s.vectors_deleted for s in stats),
             "insert_statements": sum(s.insert_statements for s in stats),

@@ -7,7 +7,7 @@ import dagster as dg
 import psycopg
 from pydantic import PrivateAttr, SecretStr
 
-from embed_assets.lib.database import connect, redact_url, vector_database_url
+from embed_assets.lib.database import connect, vector_database_url
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
 from embed_assets.lib.models import ModelSpec, resolve_model
 from embed_assets.lib.schema import migrate
@@ -23,9 +23,6 @@ class VectorStoreResource(dg.ConfigurableResource):
         if self._url is None:
             self._url = vector_database_url()
         return self._url
-
-    def display_url(self) -> str:
-        return redact_url(self.url())
 
     def connect(self) -> psycopg.Connection:
         return connect(self.url())

@@ -76,7 +76,3 @@ def read_recording(conn: psycopg.Connection, recording_id: str) -> SourceRecordi
             (recording_id,),
         ).fetchall()
     return SourceRecording(recording_id, row[0], tuple(Segment(*s) for s in segs))
-
-
-def recording_ids(conn: psycopg.Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT recording_id FROM recordings ORDER BY recording_id")]
