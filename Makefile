@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export EMBED_HOME  ?= $(CURDIR)/.embed_assets
 export DAGSTER_HOME ?= $(CURDIR)
 
-.PHONY: install run test lint bench clean db-stop
+.PHONY: install chromium run test lint bench clean db-stop
 
 # torch first, pinned: 2.13.0 is a CPU build on local disk; an unpinned torch pulls a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -17,13 +17,23 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The browser test (embed_assets_tests/test_ui.py) drives Debian's chromium; Playwright cannot download a
+# browser here. Installed once with apt as root; where that is impossible the test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test (about a minute)..."; \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium could not be installed (needs root and apt-get): the browser test will be skipped"
+
 run: install
 	$(BIN)/embed-assets sample 12
 	$(BIN)/embed-assets embed
 	$(BIN)/embed-assets status
 	$(BIN)/embed-assets search "can you hold the price flat if we sign a multi-year renewal" -k 3
 
-test: install
+test: install chromium
 	$(BIN)/ruff check embed_assets embed_assets_tests
 	$(BIN)/ruff format --check embed_assets embed_assets_tests
 	$(BIN)/pytest -q

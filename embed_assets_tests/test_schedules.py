@@ -83,3 +83,15 @@ def test_dead_letter_after_the_bound_then_recovery_by_hand(
     assert execute(instance, key, SMALL_BATCH)
     health = pipeline_health(instance, VectorStoreResource(), "text-embedding-3-small@384")
     assert health["dead_lettered"] == [] and health["failed"] == [] and health["verdict"] == "healthy"
+
+
+def test_retry_cron_from_the_environment_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embed_assets.defs.schedules import DEFAULT_RETRY_CRON, retry_cron
+    from embed_assets.lib.errors import ConfigError
+
+    assert retry_cron() == DEFAULT_RETRY_CRON
+    monkeypatch.setenv("EMBED_RETRY_CRON", "0 3 * * *")
+    assert retry_cron() == "0 3 * * *"
+    monkeypatch.setenv("EMBED_RETRY_CRON", "every 15 minutes")
+    with pytest.raises(ConfigError, match="EMBED_RETRY_CRON='every 15 minutes' is not a cron expression"):
+        retry_cron()

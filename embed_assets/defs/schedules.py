@@ -1,6 +1,9 @@
 """`retry_failed_recordings`: failed partitions re-launched with the small-batch preset, bounded."""
 
+import os
+
 import dagster as dg
+from dagster._utils.schedules import is_valid_cron_string
 
 from embed_assets.defs.config import SMALL_BATCH
 from embed_assets.defs.health import RETRY_TRIGGER, SOURCE_HASH_TAG, TRIGGER_TAG, failure_state
@@ -8,19 +11,32 @@ from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import VectorStoreResource
 from embed_assets.lib.discovery import source_hashes
+from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.settings import automation_settings
+
+DEFAULT_RETRY_CRON = "*/15 * * * *"
+
+
+def retry_cron() -> str:
+    """EMBED_RETRY_CRON: when the retry schedule ticks (read when the code location loads)."""
+    cron = os.environ.get("EMBED_RETRY_CRON", "").strip() or DEFAULT_RETRY_CRON
+    if not is_valid_cron_string(cron):
+        raise ConfigError(
+            f"EMBED_RETRY_CRON={cron!r} is not a cron expression; use five fields, e.g. {DEFAULT_RETRY_CRON!r}"
+        )
+    return cron
 
 
 @dg.schedule(
     job=embed_recordings,
-    cron_schedule="*/15 * * * *",
+    cron_schedule=retry_cron(),
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: VectorStoreResource):
-    """Every 15 minutes: each recording whose chunk_embeddings partition is FAILED is re-launched alone with
-    the small-batch preset (5 vectors per insert, long timeouts). After EMBED_SMALL_BATCH_ATTEMPTS (3) such
-    runs for the same transcript it is dead-lettered: no more automatic retries, visible in
-    `embed-assets status` and the completion_rate check, re-launchable by hand."""
+    """Every 15 minutes (EMBED_RETRY_CRON): each recording whose chunk_embeddings partition is FAILED is
+    re-launched alone with the small-batch preset (5 vectors per insert, long timeouts). After
+    EMBED_SMALL_BATCH_ATTEMPTS (3) such runs for the same transcript it is dead-lettered: no more automatic
+    retries, visible in `embed-assets status` and the completion_rate check, re-launchable by hand."""
     settings = automation_settings()
     instance = context.instance
     keys = instance.get_dynamic_partitions(recordings_partitions.name)

@@ -1,0 +1,161 @@
+"""The Dagster UI in a real browser: `dagster dev` (webserver + daemon) on the project's instance config,
+with three embedded recordings and one whose run failed, driven by headless Chromium through Playwright.
+
+Asserts what a user sees: the lineage graph with both assets, the partitions view with every recording key
+and the failed one marked (and filterable), the three checks with their last result, the sensor ticking
+and the schedule. Screenshots go to test-artifacts/browser/. Skipped, with the reason printed, only where
+Debian's chromium is not installed (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from embed_assets.lib.sample import sample_transcripts
+from embed_assets.lib.sources import upsert_transcript
+from embed_assets_tests.support.dagster_dev import REPO, DagsterDev, alive, make_home
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+# Chromium flags for a closed network (no background connections) as root in a container.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIGHT = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
+WAIT_MS = 90_000  # generous: the first GraphQL queries of a fresh webserver are slow on 2 cores
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's `chromium` package; it could not here")
+    from playwright.sync_api import sync_playwright  # a dev dependency: missing is a failure, not a skip
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def dagster_db(db_url: str) -> Iterator[str]:
+    """A database of its own for this test's Dagster instance (dropped afterwards)."""
+    name = f"dagster_ui_{os.getpid()}"
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    yield db_url.replace("/embed_assets?", f"/{name}?")
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def populate(home: Path, conn: psycopg.Connection) -> list[str]:
+    """Four sample recordings: the last one's run fails (statement timeout), then the others embed."""
+    from embed_assets.definitions import defs
+
+    transcripts = sample_transcripts(4, seed=3, long_call=False)
+    for t in transcripts:
+        upsert_transcript(conn, t)
+    keys = [t.recording_id for t in transcripts]
+    instance = dg.DagsterInstance.from_config(str(home))
+    instance.add_dynamic_partitions("recordings", keys)
+    job = defs.resolve_job_def("embed_recordings")
+    assert not job.execute_in_process(
+        instance=instance, partition_key=keys[3], run_config=TIGHT, raise_on_error=False
+    ).success
+    range_tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[2]}
+    assert job.execute_in_process(instance=instance, tags=range_tags, raise_on_error=False).success
+    instance.dispose()
+    return keys
+
+
+def test_the_ui_shows_assets_partitions_checks_and_automation(
+    tmp_path: Path, conn: psycopg.Connection, dagster_db: str, browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.sync_api import expect
+
+    home = make_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
+    # No retry tick may relaunch the failed recording while the test looks at it: once a year.
+    monkeypatch.setenv("EMBED_RETRY_CRON", "0 3 1 1 *")
+    keys = populate(home, conn)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+
+    dev = DagsterDev(home, {}, ARTIFACTS / "dagster-dev.log")
+    with dev:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(WAIT_MS)
+
+        def shot(name: str) -> None:
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+        # Lineage: both assets, the checks summary and the failed partition on the graph's nodes.
+        page.goto(f"{dev.url}/asset-groups")
+        expect(page.get_by_text("75% filled (1 failed)")).to_be_visible()
+        expect(page.get_by_text("100% filled")).to_be_visible()
+        for asset in ("transcript_chunks", "chunk_embeddings"):
+            expect(page.get_by_text(asset, exact=True).first).to_be_visible()
+        shot("1-lineage")
+
+        # Partitions: every recording key, the failed one counted and alone under the Failed filter.
+        page.goto(f"{dev.url}/assets/chunk_embeddings?view=partitions")
+        expect(page.get_by_text("Failed (1)")).to_be_visible()
+        expect(page.get_by_text("Materialized (3)")).to_be_visible()
+
+        def listed(key: str):
+            return page.locator("span").filter(has_text=re.compile(rf"^{re.escape(key)}$"))
+
+        for key in keys:
+            expect(listed(key)).to_be_visible()
+        shot("2-partitions")
+        page.get_by_text("Materialized (3)").click()
+        expect(listed(keys[3])).to_be_visible()
+        for key in keys[:3]:
+            expect(listed(key)).to_have_count(0)
+        shot("3-partitions-failed-only")
+
+        # Checks: the blocking config check passed; integrity passed; completion 3/4 is below 99%: failed.
+        page.goto(f"{dev.url}/assets/transcript_chunks?view=checks")
+        body = page.locator("body")
+
+        def check_result(name: str, result: str):
+            return expect(body).to_contain_text(re.compile(rf"{name}(\s*{name})?\s*{result}"))
+
+        check_result("embedding_config_valid", "Succeeded")
+        expect(page.get_by_text("This is a blocking asset check.")).to_be_visible()
+        shot("4-checks-transcript-chunks")
+        page.goto(f"{dev.url}/assets/chunk_embeddings?view=checks")
+        expect(page.get_by_text("Checks (2)")).to_be_visible()
+        check_result("chunk_integrity", "Succeeded")
+        check_result("completion_rate", "Failed")  # 3 of 4 embedded: below the 99% bar
+        shot("5-checks-chunk-embeddings")
+
+        # Automation: the sensor (ticking under the daemon) and the schedule, both running.
+        page.goto(f"{dev.url}/automation")
+        expect(page.get_by_text("new_recordings_sensor")).to_be_visible()
+        expect(page.get_by_text("retry_failed_recordings")).to_be_visible()
+        shot("6-automation")
+        page.get_by_text("new_recordings_sensor").click()
+        # The daemon evaluated it: all four recordings seen, nothing to request (3 done, 1 left to the retry).
+        expect(page.get_by_role("row", name=re.compile(r"Latest tick .* 0 runs requested"))).to_be_visible()
+        expect(page.get_by_text("rec-003-0003").first).to_be_visible()  # the cursor reached the last row
+        shot("7-sensor-ticks")
+        pids = set(dev.pids)
+    assert pids and not any(alive(p) for p in pids)
