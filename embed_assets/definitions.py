@@ -16,4 +16,8 @@ defs = dg.Definitions(
     sensors=[new_recordings_sensor],
     schedules=[retry_failed_recordings],
     resources={"store": VectorStoreResource(), "embedder": EmbedderResource()},
+    # Every run's steps are a chain (chunks -> config check -> embeddings -> two checks): a process per step
+    # buys no parallelism and cost ~30 s per run here (6 interpreter starts + imports on 2 cores), measured
+    # by `make bench` (e2e_run_overhead_mean). Pools are still honoured; runs stay separate processes.
+    executor=dg.in_process_executor,
 )

@@ -10,6 +10,7 @@ of one partition and a kill -9 mid-write all end with exactly one consistent cop
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -124,9 +125,19 @@ class EmbeddingPlan:
     to_embed: list[PendingChunk] = field(default_factory=list)
 
 
+_REGISTERED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _register_vector(conn: psycopg.Connection) -> None:
+    """pgvector's type adapters, once per connection (each registration costs four catalog queries)."""
+    if conn not in _REGISTERED:
+        register_vector(conn)
+        _REGISTERED.add(conn)
+
+
 def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) -> EmbeddingPlan:
     """Diff the recording's chunk plan against its stored vectors. Raises if it was never chunked."""
-    register_vector(conn)
+    _register_vector(conn)
     plan = conn.execute(
         "SELECT source_hash, chunked_at FROM chunk_plans WHERE recording_id = %s AND model = %s",
         (recording_id, model_id),
@@ -195,7 +206,7 @@ def write_vectors(
     """Write the recording's new vectors in one transaction: delete rows whose chunk changed, then binary
     COPY the new ones in statements of ``insert_batch_size`` rows, each under ``statement_timeout_ms``."""
     started = time.perf_counter()
-    register_vector(conn)
+    _register_vector(conn)
     rows = {**plan.cached, **vectors}
     with conn.transaction():
         conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))

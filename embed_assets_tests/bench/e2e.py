@@ -1,0 +1,256 @@
+"""Figure 4: a backfill of N sample recordings through Dagster, as a user launches it from the UI (the
+webserver's `launchPartitionBackfill` mutation, both assets, every partition) on `dagster dev` with the
+project's instance config (queued runs, the provider pool), embedding with the openai embedder against a
+zero-latency loopback server (1536 dims). Compared with the sum of the stage floors on the same data:
+chunking in memory, the bare client's requests, one binary COPY into an identically indexed table.
+The per-run overhead of Dagster is reported from the runs' own records."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+from embed_assets.lib.chunking import ChunkParams, chunk_segments
+from embed_assets.lib.models import resolve_model
+from embed_assets.lib.sample import sample_transcripts
+from embed_assets.lib.schema import migrate
+from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.tokenizers import token_counter
+from embed_assets_tests.bench.report import Figure, Report
+from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
+from embed_assets_tests.support.openai_server import FakeOpenAI
+
+MODEL = "text-embedding-3-small"
+LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
+
+
+def _fresh_database(url: str, name: str) -> str:
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    head, sep, query = url.partition("?")
+    return head.rsplit("/", 1)[0] + f"/{name}" + sep + query
+
+
+def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> tuple[dict[str, float], int]:
+    """Seconds of each stage's floor over the same recordings; returns (floors, chunk count)."""
+    import openai
+
+    spec = resolve_model("openai", MODEL, None)
+    counter, params = token_counter(spec.tokenizer), ChunkParams(200, 30)
+    started = time.perf_counter()
+    chunks = [(t.recording_id, c) for t in transcripts for c in chunk_segments(t.segments, params, counter)]
+    chunking = time.perf_counter() - started
+    texts = [c.content for _, c in chunks]
+    client = openai.OpenAI(api_key=server.api_key, base_url=server.base_url, max_retries=0)
+    started = time.perf_counter()
+    vectors = []
+    for lo in range(0, len(texts), batch):
+        resp = client.embeddings.create(model=MODEL, input=texts[lo : lo + batch], encoding_format="base64")
+        vectors += [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in resp.data]
+    provider = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute("DROP TABLE IF EXISTS floor_vectors")
+        conn.execute("CREATE TABLE floor_vectors (LIKE chunk_vectors INCLUDING INDEXES INCLUDING DEFAULTS)")
+        started = time.perf_counter()
+        with conn.cursor().copy(
+            "COPY floor_vectors (recording_id, model, chunk_index, content_hash, embedding) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "text", "int4", "text", "vector"])
+            for (rid, c), v in zip(chunks, vectors, strict=True):
+                copy.write_row((rid, f"{MODEL}@{dim}", c.chunk_index, c.content_hash, v))
+        write = time.perf_counter() - started
+        conn.execute("DROP TABLE floor_vectors")
+    return {"chunking": chunking, "provider": provider, "write": write}, len(chunks)
+
+
+def backfill(url: str, n: int, report: Report, progress) -> None:
+    import dagster as dg
+
+    dim, batch = 1536, 256
+    transcripts = sample_transcripts(n, seed=11)
+    keys = [t.recording_id for t in transcripts]
+    _fresh_store(url, transcripts, dim)
+    dagster_url = _fresh_database(url, "embed_bench_dagster")
+    with FakeOpenAI(default_dim=dim) as server, tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        floor, n_chunks = floors(url, transcripts, server, dim, batch)
+        progress(
+            f"floors over {n} recordings, {n_chunks:,} chunks: " + ", ".join(f"{k} {v:.2f}s" for k, v in floor.items())
+        )
+        env = {
+            "EMBED_DATABASE_URL": url,
+            "EMBED_DAGSTER_DATABASE_URL": dagster_url,
+            "EMBED_HOME": tmp,
+            "EMBED_PROVIDER": "openai",
+            "EMBED_MODEL": MODEL,
+            "OPENAI_API_KEY": server.api_key,
+            "OPENAI_BASE_URL": server.base_url,
+            "EMBED_SENSOR_MAX_RUNS": "0",  # the sensor registers partitions only: this measures the backfill
+            "EMBED_RETRY_CRON": "0 3 1 1 *",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            home = make_home(Path(tmp) / "dagster_home")
+            instance = dg.DagsterInstance.from_config(str(home))
+            instance.add_dynamic_partitions("recordings", keys)
+            with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev:
+                launched = time.time()
+                data = dev.graphql(
+                    LAUNCH,
+                    {
+                        "p": {
+                            "assetSelection": [{"path": ["transcript_chunks"]}, {"path": ["chunk_embeddings"]}],
+                            "partitionNames": keys,
+                        }
+                    },
+                )["launchPartitionBackfill"]
+                if data["__typename"] != "LaunchBackfillSuccess":
+                    raise RuntimeError(f"backfill not launched: {data}")
+                backfill_id = data["backfillId"]
+                _wait(instance, backfill_id, progress)
+            _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, report)
+            instance.dispose()
+            progress("the same recordings through `embed-assets embed` (runs in one process, no daemon)")
+            _fresh_store(url, transcripts, dim)
+            os.environ["EMBED_DAGSTER_DATABASE_URL"] = _fresh_database(url, "embed_bench_dagster")
+            instance = dg.DagsterInstance.from_config(str(home))
+            instance.add_dynamic_partitions("recordings", keys)
+            instance.dispose()
+            cli = Path(sys.executable).parent / "embed-assets"
+            started = time.perf_counter()
+            subprocess.run(
+                [str(cli), "embed"],
+                env={**os.environ, "DAGSTER_HOME": str(home)},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            wall = time.perf_counter() - started
+            _check_stored(url, n_chunks)
+            report.add(
+                Figure(
+                    "e2e_cli_embed_wall",
+                    wall,
+                    "s",
+                    sum(floor.values()),
+                    "sum of stage floors",
+                    False,
+                    "`embed-assets embed`: 25 recordings per run, in one process",
+                )
+            )
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _fresh_store(url: str, transcripts, dim: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+        migrate(conn, dim)
+        for t in transcripts:
+            upsert_transcript(conn, t)
+
+
+def _check_stored(url: str, n_chunks: int) -> None:
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT count(*) FROM chunk_vectors").fetchone()[0]
+    if stored != n_chunks:
+        raise RuntimeError(f"{stored} vectors stored, {n_chunks} chunks expected")
+
+
+def _runs(instance, backfill_id: str):
+    import dagster as dg
+
+    return instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+
+
+def _wait(instance, backfill_id: str, progress, timeout_s: float = 3600) -> None:
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    deadline, last = time.monotonic() + timeout_s, 0.0
+    while time.monotonic() < deadline:
+        status = instance.get_backfill(backfill_id).status
+        if status not in (BulkActionStatus.REQUESTED,):
+            return
+        if time.monotonic() - last > 10:
+            runs = _runs(instance, backfill_id)
+            done = sum(1 for r in runs if r.dagster_run.is_finished)
+            progress(f"backfill {status.value}: {len(runs)} run(s) launched, {done} finished")
+            last = time.monotonic()
+        time.sleep(1)
+    raise TimeoutError(f"backfill {backfill_id} not finished after {timeout_s:.0f}s")
+
+
+def _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, report: Report) -> None:
+    runs = _runs(instance, backfill_id)
+    failed = [r for r in runs if r.dagster_run.status.value != "SUCCESS"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} backfill run(s) did not succeed: {[r.dagster_run.run_id for r in failed]}")
+    _check_stored(url, n_chunks)
+    wall = max(r.end_time for r in runs) - launched
+    after_pickup = max(r.end_time for r in runs) - min(r.create_timestamp.timestamp() for r in runs)
+    floor_sum = sum(floor.values())
+    overheads, queued, in_steps_total = [], [], 0.0
+    for r in runs:
+        steps = instance.get_run_step_stats(r.dagster_run.run_id)
+        in_steps = sum((s.end_time or 0) - (s.start_time or 0) for s in steps)
+        overheads.append((r.end_time - r.start_time) - in_steps)
+        in_steps_total += in_steps
+        queued.append(r.start_time - r.create_timestamp.timestamp())
+    first_run = min(r.create_timestamp.timestamp() for r in runs) - launched
+    for stage, seconds in floor.items():
+        report.add(Figure(f"e2e_floor_{stage}", seconds, "s"))
+    report.add(
+        Figure(
+            "e2e_backfill_wall",
+            wall,
+            "s",
+            floor_sum,
+            "sum of stage floors",
+            False,
+            f"{n} recordings, {n_chunks:,} chunks x {dim} dims",
+        )
+    )
+    report.add(
+        Figure("e2e_backfill_throughput", n_chunks / wall, "chunks/s", n_chunks / floor_sum, "stage floors", True)
+    )
+    report.add(
+        Figure(
+            "e2e_backfill_wall_after_pickup",
+            after_pickup,
+            "s",
+            floor_sum,
+            "sum of stage floors",
+            False,
+            "first run created -> last run ended",
+        )
+    )
+    report.add(
+        Figure(
+            "e2e_in_steps_total",
+            in_steps_total,
+            "s",
+            floor_sum,
+            "sum of stage floors",
+            False,
+            "time inside steps, summed over runs",
+        )
+    )
+    report.add(Figure("e2e_runs", len(runs), "runs", note=f"for {n} recordings (BackfillPolicy.multi_run)"))
+    report.add(Figure("e2e_first_run_after", first_run, "s", note="backfill launched -> first run created"))
+    report.add(Figure("e2e_run_queued_mean", float(np.mean(queued)), "s", note="run created -> started"))
+    report.add(
+        Figure("e2e_run_overhead_mean", float(np.mean(overheads)), "s", note="run start->end minus time inside steps")
+    )
