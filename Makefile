@@ -34,13 +34,13 @@ run: install
 	$(BIN)/embed-assets search "can you hold the price flat if we sign a multi-year renewal" -k 3
 
 test: install chromium
-	$(BIN)/ruff check embed_assets embed_assets_tests
-	$(BIN)/ruff format --check embed_assets embed_assets_tests
+	$(BIN)/ruff check embed_assets embed_assets_tests deploy
+	$(BIN)/ruff format --check embed_assets embed_assets_tests deploy
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check embed_assets embed_assets_tests
-	$(BIN)/ruff format --check embed_assets embed_assets_tests
+	$(BIN)/ruff check embed_assets embed_assets_tests deploy
+	$(BIN)/ruff format --check embed_assets embed_assets_tests deploy
 
 # Every figure against its floor (README "Performance"); ~40 min at full size. JSON in $(EMBED_HOME)/bench.json.
 bench: install

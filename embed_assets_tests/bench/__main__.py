@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.database import vector_database_url
-from embed_assets_tests.bench import e2e, providers, scale, search, write_path
+from embed_assets_tests.bench import e2e, providers, scale, search, ui_scale, write_path
 from embed_assets_tests.bench.report import Report
 
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
-    parser.add_argument("--only", default="providers,write,search,scale,e2e", help="comma-separated figure groups")
+    parser.add_argument("--only", default="providers,write,search,scale,e2e,ui", help="comma-separated figure groups")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--recordings", type=int, default=200, help="recordings in the end-to-end backfill")
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> Report:
         search.recall_and_latency(url, n_docs, 30 if args.quick else 200, report, progress)
     if "e2e" in only:
         e2e.backfill(url, 4 if args.quick else args.recordings, report, progress)
+    if "ui" in only:
+        for n in (500,) if args.quick else (10_000, 100_000):
+            ui_scale.partition_scale(url, n, report, progress)
     for n in () if args.skip_scale or "scale" not in only else (n_rec // 10, n_rec):
         scale.sensor_and_status(url, n, report, progress)
     report.write(args.out)
