@@ -191,15 +191,10 @@ def embed(
 
     instance = _instance()
     ordered = instance.get_dynamic_partitions(PARTITIONS)
+    from embed_assets.lib.discovery import embedded_ids
+
     with _connect_migrated() as conn:
-        done = {
-            r[0]
-            for r in conn.execute(
-                """SELECT r.recording_id FROM recordings r JOIN embedded_recordings e
-                   ON e.recording_id = r.recording_id AND e.model = %s AND e.source_hash = r.content_hash""",
-                (_spec().model_id,),
-            )
-        }
+        done = embedded_ids(conn, _spec().model_id)
     pending = set(ordered) if all_ else set(ordered) - done
     blocks = pending_blocks(ordered, pending, per_run)
     job = defs.resolve_job_def("embed_recordings")

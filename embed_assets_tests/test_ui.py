@@ -93,6 +93,8 @@ def test_the_ui_shows_assets_partitions_checks_and_automation(
     monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
     # No retry tick may relaunch the failed recording while the test looks at it: once a year.
     monkeypatch.setenv("EMBED_RETRY_CRON", "0 3 1 1 *")
+    # The rows were written a moment ago: without this the first tick rightly waits for them to settle.
+    monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
     keys = populate(home, conn)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
@@ -102,6 +104,7 @@ def test_the_ui_shows_assets_partitions_checks_and_automation(
     with dev:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(WAIT_MS)
+        expect.set_options(timeout=WAIT_MS)
 
         def shot(name: str) -> None:
             page.screenshot(path=str(ARTIFACTS / f"{name}.png"))

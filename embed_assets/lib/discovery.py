@@ -71,6 +71,18 @@ def all_recording_ids(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT recording_id FROM recordings")}
 
 
+def embedded_ids(conn: psycopg.Connection, model_id: str) -> set[str]:
+    """Recordings whose vectors for ``model_id`` were computed from their current transcript."""
+    return {
+        r[0]
+        for r in conn.execute(
+            """SELECT r.recording_id FROM recordings r JOIN embedded_recordings e
+               ON e.recording_id = r.recording_id AND e.model = %s AND e.source_hash = r.content_hash""",
+            (model_id,),
+        )
+    }
+
+
 def source_hashes(conn: psycopg.Connection, ids: list[str]) -> dict[str, str]:
     return dict(
         conn.execute(
