@@ -20,6 +20,12 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
         "local_embedder",
         "sensor_tick_1000",
         "status_1000",
+        "e2e_backfill_wall",
+        "e2e_run_overhead_mean",
+        "e2e_cli_embed_wall",
+        "e2e_cli_rerun_unchanged_wall",
+        "ui_graphql_partition_status_500",
+        "ui_partitions_page_500",
     ):
         assert expected in names
     data = json.loads(out.read_text())

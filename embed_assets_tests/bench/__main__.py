@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--recordings", type=int, default=200, help="recordings in the end-to-end backfill")
+    parser.add_argument("--partitions", default="10000,100000", help="partition counts of the UI scale figures")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
     args = parser.parse_args(argv)
     n_vectors, n_docs, n_rec = (2_000, 120, 1_000) if args.quick else (args.vectors, args.docs, 100_000)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> Report:
     if "e2e" in only:
         e2e.backfill(url, 4 if args.quick else args.recordings, report, progress)
     if "ui" in only:
-        for n in (500,) if args.quick else (10_000, 100_000):
+        for n in (500,) if args.quick else [int(x) for x in args.partitions.split(",")]:
             ui_scale.partition_scale(url, n, report, progress)
     for n in () if args.skip_scale or "scale" not in only else (n_rec // 10, n_rec):
         scale.sensor_and_status(url, n, report, progress)

@@ -79,7 +79,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
     import dagster as dg
 
     dim, batch = 1536, 256
-    transcripts = sample_transcripts(n, seed=11)
+    transcripts = sample_transcripts(n, seed=11, long_call=n >= 50)  # the 3-hour call too, at full size
     keys = [t.recording_id for t in transcripts]
     _fresh_store(url, transcripts, dim)
     dagster_url = _fresh_database(url, "embed_bench_dagster")

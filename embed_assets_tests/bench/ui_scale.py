@@ -114,10 +114,11 @@ def partition_scale(url: str, n: int, report: Report, progress, reps: int = 3) -
                     )
                 )
                 if Path(CHROMIUM).is_file():
+                    shot = Path(os.environ.get("BENCH_SHOTS", tmp)) / f"bench-partitions-{n}.png"
                     report.add(
                         Figure(
                             f"ui_partitions_page_{n}",
-                            _page_load(dev.url, reps),
+                            _page_load(dev.url, reps, shot),
                             "s",
                             note="navigation -> status counts visible, headless Chromium",
                         )
@@ -127,7 +128,7 @@ def partition_scale(url: str, n: int, report: Report, progress, reps: int = 3) -
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _page_load(base: str, reps: int) -> float:
+def _page_load(base: str, reps: int, shot: Path) -> float:
     from playwright.sync_api import expect, sync_playwright
 
     times = []
@@ -137,9 +138,18 @@ def _page_load(base: str, reps: int) -> float:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             started = time.perf_counter()
             page.goto(f"{base}/assets/chunk_embeddings?view=partitions")
-            expect(page.get_by_text(re.compile(rf"Materialized \({MATERIALIZED:,}\)"))).to_be_visible(timeout=600_000)
-            expect(page.get_by_text(f"Failed ({FAILED})")).to_be_visible(timeout=600_000)
+            try:
+                _wait_for_counts(page, expect)
+            finally:
+                page.screenshot(path=str(shot))
             times.append(time.perf_counter() - started)
             page.close()
         browser.close()
     return statistics.median(times)
+
+
+def _wait_for_counts(page, expect) -> None:
+    """Until the status filter shows the materialized and failed counts (grouped digits or not)."""
+    count = f"{MATERIALIZED:,}".replace(",", ",?")
+    expect(page.get_by_text(re.compile(rf"Materialized \({count}\)"))).to_be_visible(timeout=600_000)
+    expect(page.get_by_text(f"Failed ({FAILED})")).to_be_visible(timeout=600_000)
