@@ -250,3 +250,26 @@ def test_a_3072_dim_model_gets_an_index(db_url: str) -> None:
     with psycopg.connect(db_url.replace("/embed_assets?", "/large_model?"), autocommit=True) as c:
         assert migrate(c, 3072) == [m.version for m in MIGRATIONS]
         assert vector_dimension(c) == 3072
+
+
+def test_unchanged_recording_is_not_chunked_again(conn: psycopg.Connection, monkeypatch) -> None:
+    import embed_assets.lib.pipeline as pipeline
+
+    upsert_transcript(conn, transcript("r1"))
+    first = chunk_recording(conn, "r1", SPEC, PARAMS)
+    calls = []
+    real = pipeline.chunk_segments
+    monkeypatch.setattr(pipeline, "chunk_segments", lambda *a: calls.append(a) or real(*a))
+    again = chunk_recording(conn, "r1", SPEC, PARAMS)
+    assert calls == []  # same transcript, same chunker: the stored plan stands
+    assert (again.chunks, again.tokens, again.unchanged, again.inserted) == (
+        first.chunks,
+        first.tokens,
+        first.chunks,
+        0,
+    )
+    chunk_recording(conn, "r1", SPEC, ChunkParams(30, 6))  # another chunker: chunked again
+    assert len(calls) == 1
+    upsert_transcript(conn, transcript("r1", variant="NEW"))  # another transcript: chunked again
+    chunk_recording(conn, "r1", SPEC, ChunkParams(30, 6))
+    assert len(calls) == 2

@@ -34,17 +34,29 @@ class ChunkStats:
 
 def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec, params: ChunkParams) -> ChunkStats:
     started = time.perf_counter()
+    counter = token_counter(spec.tokenizer)
+    chunker = params.describe(counter.name)
+    # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
+    # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording.
+    done = conn.execute(
+        """SELECT r.segment_count, p.chunk_count,
+                  (SELECT coalesce(sum(token_count), 0) FROM chunks c WHERE c.recording_id = r.recording_id
+                   AND c.model = p.model)
+           FROM recordings r JOIN chunk_plans p ON p.recording_id = r.recording_id AND p.model = %s
+           WHERE r.recording_id = %s AND p.source_hash = r.content_hash AND p.chunker = %s""",
+        (spec.model_id, recording_id, chunker),
+    ).fetchone()
+    if done is not None:
+        segments, n_chunks, tokens = done
+        return ChunkStats(recording_id, segments, n_chunks, tokens, 0, 0, n_chunks, time.perf_counter() - started)
     source = read_recording(conn, recording_id)
     if source is None:
         raise RecordingDeletedError(
             f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
             "partition, or load it again with `embed-assets load`"
         )
-    counter = token_counter(spec.tokenizer)
     chunks = chunk_segments(source.segments, params, counter)
-    written = write_chunk_plan(
-        conn, recording_id, spec.model_id, source.content_hash, params.describe(counter.name), chunks
-    )
+    written = write_chunk_plan(conn, recording_id, spec.model_id, source.content_hash, chunker, chunks)
     return ChunkStats(
         recording_id,
         len(source.segments),
