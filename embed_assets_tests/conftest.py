@@ -74,3 +74,13 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         yield server
+
+
+@pytest.fixture
+def dagster_db(db_url: str) -> Iterator[str]:
+    """The URL of a database of its own for one test's Dagster instance (dropped afterwards)."""
+    from embed_assets_tests.support.dagster_dev import drop_database, fresh_database
+
+    name = f"dagster_test_{os.getpid()}"
+    yield fresh_database(db_url, name)
+    drop_database(db_url, name)

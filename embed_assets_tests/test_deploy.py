@@ -4,11 +4,9 @@ run in a plain venv and serve the code location (deploy/verify_dockerfile.py).""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -23,17 +21,6 @@ from embed_assets_tests.support.dagster_dev import REPO
 DEPLOY = REPO / "deploy"
 
 
-@pytest.fixture
-def pg_url(db_url: str) -> Iterator[str]:
-    name = f"dagster_deploy_{os.getpid()}"
-    with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {name}")
-    yield db_url.replace("/embed_assets?", f"/{name}?")
-    with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def _home(tmp_path: Path, text: str | None = None) -> Path:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
@@ -41,8 +28,8 @@ def _home(tmp_path: Path, text: str | None = None) -> Path:
     return home
 
 
-def test_production_instance_loads_and_stores(tmp_path: Path, pg_url: str, monkeypatch) -> None:
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", pg_url)
+def test_production_instance_loads_and_stores(tmp_path: Path, dagster_db: str, monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", dagster_db)
     instance = dg.DagsterInstance.from_config(str(_home(tmp_path)))
     try:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
@@ -57,14 +44,14 @@ def test_production_instance_loads_and_stores(tmp_path: Path, pg_url: str, monke
         other = dg.DagsterInstance.from_config(str(_home(tmp_path)))
         assert other.get_dynamic_partitions("recordings") == ["deploy-check"]
         other.dispose()
-        with psycopg.connect(pg_url) as c:
+        with psycopg.connect(dagster_db) as c:
             assert c.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0]
     finally:
         instance.dispose()
 
 
-def test_production_instance_rejects_a_misspelled_key(tmp_path: Path, pg_url: str, monkeypatch) -> None:
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", pg_url)
+def test_production_instance_rejects_a_misspelled_key(tmp_path: Path, dagster_db: str, monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", dagster_db)
     text = (DEPLOY / "dagster.yaml").read_text().replace("max_concurrent_runs:", "max_concurent_runs:")
     with pytest.raises(dg.DagsterInvalidConfigError, match="max_concurent_runs"):
         dg.DagsterInstance.from_config(str(_home(tmp_path, text)))

@@ -9,9 +9,7 @@ Debian's chromium is not installed (`make test` installs it).
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,20 +19,10 @@ import pytest
 
 from embed_assets.lib.sample import sample_transcripts
 from embed_assets.lib.sources import upsert_transcript
+from embed_assets_tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from embed_assets_tests.support.dagster_dev import REPO, DagsterDev, alive, make_home
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-# Chromium flags for a closed network (no background connections) as root in a container.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIGHT = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
 WAIT_MS = 90_000  # generous: the first GraphQL queries of a fresh webserver are slow on 2 cores
 
@@ -49,18 +37,6 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
-
-
-@pytest.fixture
-def dagster_db(db_url: str) -> Iterator[str]:
-    """A database of its own for this test's Dagster instance (dropped afterwards)."""
-    name = f"dagster_ui_{os.getpid()}"
-    with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {name}")
-    yield db_url.replace("/embed_assets?", f"/{name}?")
-    with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def populate(home: Path, conn: psycopg.Connection) -> list[str]:

@@ -26,20 +26,12 @@ from embed_assets.lib.schema import migrate
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.tokenizers import token_counter
 from embed_assets_tests.bench.report import Figure, Report
-from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
+from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
 from embed_assets_tests.support.openai_server import FakeOpenAI
 
 MODEL = "text-embedding-3-small"
 LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
-
-
-def _fresh_database(url: str, name: str) -> str:
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {name}")
-    head, sep, query = url.partition("?")
-    return head.rsplit("/", 1)[0] + f"/{name}" + sep + query
 
 
 def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> tuple[dict[str, float], int]:
@@ -82,7 +74,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
     transcripts = sample_transcripts(n, seed=11, long_call=n >= 50)  # the 3-hour call too, at full size
     keys = [t.recording_id for t in transcripts]
     _fresh_store(url, transcripts, dim)
-    dagster_url = _fresh_database(url, "embed_bench_dagster")
+    dagster_url = fresh_database(url, "embed_bench_dagster")
     with FakeOpenAI(default_dim=dim) as server, tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         floor, n_chunks = floors(url, transcripts, server, dim, batch)
         progress(
@@ -124,7 +116,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             instance.dispose()
             progress("the same recordings through `embed-assets embed` (runs in one process, no daemon)")
             _fresh_store(url, transcripts, dim)
-            os.environ["EMBED_DAGSTER_DATABASE_URL"] = _fresh_database(url, "embed_bench_dagster")
+            os.environ["EMBED_DAGSTER_DATABASE_URL"] = fresh_database(url, "embed_bench_dagster")
             instance = dg.DagsterInstance.from_config(str(home))
             instance.add_dynamic_partitions("recordings", keys)
             instance.dispose()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import statistics
 import tempfile
 import time
@@ -20,9 +19,9 @@ from pathlib import Path
 import psycopg
 
 from embed_assets.lib.schema import migrate
-from embed_assets_tests.bench.e2e import _fresh_database
 from embed_assets_tests.bench.report import Figure, Report
-from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
+from embed_assets_tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
 
 STATUS_QUERY = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
   partitionKeysByDimension { name partitionKeys }
@@ -30,16 +29,6 @@ STATUS_QUERY = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key)
     materializedPartitions failedPartitions materializingPartitions } }
   partitionStats { numMaterialized numPartitions numFailed } } } }"""
 MATERIALIZED, FAILED = 1_000, 10
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _populate(url: str, home: Path, n: int, progress) -> None:
@@ -84,7 +73,7 @@ def partition_scale(url: str, n: int, report: Report, progress, reps: int = 3) -
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp:
         env = {
             "EMBED_DATABASE_URL": url,
-            "EMBED_DAGSTER_DATABASE_URL": _fresh_database(url, "embed_bench_dagster"),
+            "EMBED_DAGSTER_DATABASE_URL": fresh_database(url, "embed_bench_dagster"),
             "EMBED_HOME": tmp,
             "EMBED_SENSOR_MAX_RUNS": "0",
             "EMBED_RETRY_CRON": "0 3 1 1 *",
@@ -133,7 +122,7 @@ def _page_load(base: str, reps: int, shot: Path) -> float:
 
     times = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(reps):
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             started = time.perf_counter()

@@ -24,6 +24,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def fresh_database(url: str, name: str) -> str:
+    """(Re)create database ``name`` on the server of ``url``; returns its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    head, sep, query = url.partition("?")
+    return head.rsplit("/", 1)[0] + f"/{name}" + sep + query
+
+
+def drop_database(url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
