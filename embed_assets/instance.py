@@ -8,6 +8,7 @@ embedded server under `EMBED_HOME`. Local artifacts and compute logs go under `E
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
@@ -66,8 +67,20 @@ class EmbedRunStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresRunStorage):
     pass
 
 
+# A run over 25 recordings stores 25 materializations per asset. Dagster writes them one row and four
+# statements at a time unless DAGSTER_EVENT_BATCH_SIZE > 0, when a step's materializations go in one
+# insert (`make bench`: 200 unchanged recordings in 8 runs 14.7 s -> 9.8 s; in-step time of a UI backfill
+# -26%). Dagster reads the variable in the process that stores the events (the run worker), at each event.
+EVENT_BATCH_SIZE = "500"
+
+
 class EmbedEventLogStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresEventLogStorage):
-    pass
+    """Loaded by every process that opens this instance, so it turns event batching on for all of them
+    (a value the user set, including 0 to turn it off, is kept)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
+        super().__init__(*args, **kwargs)
 
 
 class EmbedScheduleStorage(_ResolvedWhenLoaded, PostgresScheduleStorage):

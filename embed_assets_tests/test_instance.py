@@ -1,0 +1,92 @@
+"""The project's own Dagster instance (dagster.yaml -> embed_assets/instance.py) on a real Postgres: a run over
+a partition range stores each step's per-partition materializations in one batch, and every partition is
+still recorded once and shown MATERIALIZED."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+import psycopg
+import pytest
+
+from embed_assets.definitions import defs
+from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.conftest import REPO
+
+ASSETS = (dg.AssetKey("transcript_chunks"), dg.AssetKey("chunk_embeddings"))
+
+
+@pytest.fixture
+def project_home(dagster_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """DAGSTER_HOME of the project (its dagster.yaml) on a Dagster database of this test's own."""
+    monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    yield str(REPO)
+
+
+def _spy_batches(instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> list[list]:
+    """Record what reaches the real storage's store_event_batch, then let it store as usual."""
+    storage = instance.event_log_storage
+    original, batches = storage.store_event_batch, []
+
+    def recording(events):
+        batches.append(list(events))
+        return original(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", recording)
+    return batches
+
+
+def _range_run(conn: psycopg.Connection, instance: dg.DagsterInstance, n: int) -> list[str]:
+    ids = [f"inst-{i}" for i in range(n)]
+    for i, rid in enumerate(ids):
+        upsert_transcript(conn, Transcript(rid, tuple(Segment("A", f"turn {i} {j} about pricing") for j in range(4))))
+    instance.add_dynamic_partitions("recordings", ids)
+    result = defs.resolve_job_def("embed_recordings").execute_in_process(
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
+        raise_on_error=False,
+    )
+    assert result.success
+    return ids
+
+
+def _stored_materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[str]:
+    records = instance.fetch_materializations(key, limit=1000).records
+    return sorted(r.partition_key for r in records)
+
+
+def test_a_range_run_stores_each_steps_materializations_in_one_batch(
+    conn, project_home, fake_openai, monkeypatch
+) -> None:
+    instance = dg.DagsterInstance.from_config(project_home)  # its event storage turns batching on
+    try:
+        batches = _spy_batches(instance, monkeypatch)
+        ids = _range_run(conn, instance, 4)
+        materialized = [
+            sorted(e.dagster_event.partition for e in batch)
+            for batch in batches
+            if {e.dagster_event_type for e in batch} == {dg.DagsterEventType.ASSET_MATERIALIZATION}
+        ]
+        assert materialized == [ids, ids]  # one batch per asset, each with every partition
+        for key in ASSETS:
+            assert _stored_materializations(instance, key) == ids  # each stored exactly once
+            status = instance.get_status_by_partition(key, ids, defs.resolve_assets_def(key).partitions_def)
+            assert status == dict.fromkeys(ids, dg.AssetPartitionStatus.MATERIALIZED)
+    finally:
+        instance.dispose()
+
+
+def test_a_users_setting_of_the_batch_size_is_kept(conn, project_home, fake_openai, monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "0")  # the user turned batching off
+    instance = dg.DagsterInstance.from_config(project_home)
+    try:
+        batches = _spy_batches(instance, monkeypatch)
+        ids = _range_run(conn, instance, 3)
+        assert batches == []  # one event at a time, as Dagster does by default
+        for key in ASSETS:
+            assert _stored_materializations(instance, key) == ids
+    finally:
+        instance.dispose()
