@@ -97,6 +97,13 @@ def test_a_backfill_range_runs_many_partitions_in_one_run(conn, instance, fake_o
     status = instance.get_status_by_partition(EMBEDDINGS, ids, defs.resolve_assets_def(EMBEDDINGS).partitions_def)
     assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
     assert len(instance.get_runs()) == 1
+    # five short calls share one provider request, and the metadata says what the provider saw
+    assert fake_openai.seen.requests == 1 and fake_openai.seen.inputs == n
+    md = result.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    assert md["provider_requests"].value == 1 and md["embedded"].value == n
+    assert md["tokens"].value == fake_openai.seen.tokens
+    per = md["per_recording"].value
+    assert sorted(per) == ids and sum(r["embedded"] for r in per.values()) == n
 
 
 def test_missing_key_fails_the_first_step_with_zero_requests(conn, instance, fake_openai, monkeypatch) -> None:

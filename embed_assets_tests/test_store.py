@@ -12,7 +12,7 @@ import pytest
 
 from embed_assets.lib.chunking import ChunkParams
 from embed_assets.lib.models import resolve_model
-from embed_assets.lib.pipeline import chunk_recording, embed_recording
+from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording, embed_recording
 from embed_assets.lib.schema import MIGRATIONS, migrate, schema_version, vector_dimension
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.store import SourceChangedError, plan_embeddings
@@ -111,8 +111,8 @@ def test_embed_then_rerun_makes_no_requests_and_no_writes(conn: psycopg.Connecti
     n = first.chunks
     assert n > 5 and first.embedded == n and first.vectors_written == n and state(conn, "r1") == (n, n, n)
     second = run(conn, "r1", emb)
-    assert (second.embedded, second.requests, second.vectors_written, second.vectors_deleted) == (0, 0, 0, 0)
-    assert second.cache_hits == n and emb.calls == [n]
+    assert (second.embedded, second.tokens, second.vectors_written, second.vectors_deleted) == (0, 0, 0, 0)
+    assert second.cache_hits == n and emb.calls == [n]  # the provider was asked once, by the first run
     assert state(conn, "r1") == (n, n, n)
 
 
@@ -138,6 +138,109 @@ def test_identical_text_in_another_recording_is_a_cache_hit(conn: psycopg.Connec
     other = run(conn, "r2", emb)
     assert other.embedded == 0 and other.cache_hits == n and other.vectors_written == n
     assert state(conn, "r2") == (n, n, n)
+
+
+def _many(conn: psycopg.Connection, ids: list[str], chunk: bool = True) -> None:
+    """Short recordings whose chunks are all distinct (no text shared between them)."""
+    for rid in ids:
+        segments = tuple(Segment(f"S{i % 2}", f"{rid} turn {i} " + "lorem ipsum dolor " * 5) for i in range(6))
+        upsert_transcript(conn, Transcript(rid, segments))
+        if chunk:
+            chunk_recording(conn, rid, SPEC, PARAMS)
+
+
+def _window(conn: psycopg.Connection, emb, ids: list[str], window_inputs: int = 1000) -> RecordingEmbedder:
+    return RecordingEmbedder(
+        lambda: conn, emb, ids, window_inputs=window_inputs, insert_batch_size=50, statement_timeout_ms=30_000
+    )
+
+
+def test_short_recordings_share_provider_requests_and_are_written_each_on_its_own(conn) -> None:
+    ids = [f"s{i}" for i in range(6)]
+    _many(conn, ids)
+    emb = HashEmbedder()
+    embed = _window(conn, emb, ids)
+    stats = [embed(rid) for rid in ids]
+    total = sum(s.chunks for s in stats)
+    assert emb.calls == [total]  # one call for all six, not six
+    assert embed.totals.inputs == total and embed.totals.requests == 1
+    assert embed.totals.tokens == sum(s.tokens for s in stats) > 0
+    for rid, s in zip(ids, stats, strict=True):
+        assert s.embedded == s.chunks == s.vectors_written and state(conn, rid) == (s.chunks,) * 3
+    # the window is bounded by pending chunks: two recordings' worth per call
+    for rid in ids:
+        conn.execute("DELETE FROM chunk_vectors WHERE recording_id = %s", (rid,))
+    emb2 = HashEmbedder()
+    embed = _window(conn, emb2, ids, window_inputs=stats[0].chunks + 1)
+    for rid in ids:
+        embed(rid)
+    assert len(emb2.calls) == 3 and sum(emb2.calls) == total
+
+
+def test_the_same_text_twice_in_one_window_is_sent_once(conn) -> None:
+    upsert_transcript(conn, transcript("t1"))
+    upsert_transcript(conn, transcript("t2"))  # identical turns
+    for rid in ("t1", "t2"):
+        chunk_recording(conn, rid, SPEC, PARAMS)
+    emb = HashEmbedder()
+    embed = _window(conn, emb, ["t1", "t2"])
+    first, second = embed("t1"), embed("t2")
+    n = first.chunks
+    assert emb.calls == [n] and (first.embedded, second.embedded, second.cache_hits) == (n, 0, n)
+    assert state(conn, "t1") == state(conn, "t2") == (n, n, n)
+
+
+def test_a_recording_that_cannot_be_planned_fails_on_its_own_turn_only(conn) -> None:
+    _many(conn, ["a", "c"])
+    _many(conn, ["b"], chunk=False)  # never chunked: it cannot be embedded
+    emb = HashEmbedder()
+    embed = _window(conn, emb, ["a", "b", "c"])
+    a = embed("a")
+    assert emb.calls == [a.chunks]  # the window stopped before b
+    with pytest.raises(SourceChangedError, match="materialize transcript_chunks"):
+        embed("b")
+    c = embed("c")
+    assert emb.calls == [a.chunks, c.chunks] and state(conn, "c") == (c.chunks,) * 3
+
+
+def test_a_failed_provider_call_fails_one_recording_and_the_rest_are_embedded_later(conn) -> None:
+    from embed_assets.lib.errors import TransientProviderError
+
+    ids = ["p0", "p1", "p2"]
+    _many(conn, ids)
+
+    class FailsOnce(HashEmbedder):
+        def embed(self, texts, token_counts, progress=None):
+            if not self.calls:
+                self.calls.append(-len(texts))
+                raise TransientProviderError("503 from the provider after every attempt")
+            return super().embed(texts, token_counts, progress)
+
+    emb = FailsOnce()
+    embed = _window(conn, emb, ids)
+    with pytest.raises(TransientProviderError):
+        embed("p0")
+    assert state(conn, "p0")[1] == 0
+    p1, p2 = embed("p1"), embed("p2")
+    assert emb.calls[1:] == [p1.chunks + p2.chunks]  # p1 opened a new window with p2 in it
+    assert state(conn, "p1") == (p1.chunks,) * 3 and state(conn, "p2") == (p2.chunks,) * 3
+
+
+def test_a_recording_deleted_after_its_window_was_embedded_loses_nothing_else(conn) -> None:
+    from embed_assets.lib.errors import RecordingDeletedError
+
+    ids = ["d0", "d1", "d2"]
+    _many(conn, ids)
+    emb = HashEmbedder()
+    embed = _window(conn, emb, ids)
+    d0 = embed("d0")
+    conn.execute("DELETE FROM recordings WHERE recording_id = 'd1'")
+    with pytest.raises(RecordingDeletedError):
+        embed("d1")
+    d2 = embed("d2")
+    assert len(emb.calls) == 1  # d2's vectors were paid for in d0's window and still written
+    assert state(conn, "d0") == (d0.chunks,) * 3 and state(conn, "d2") == (d2.chunks,) * 3
+    assert state(conn, "d1") == (0, 0, 0)
 
 
 def test_small_insert_batches_write_the_same_rows(conn: psycopg.Connection) -> None:

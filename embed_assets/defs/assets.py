@@ -19,7 +19,7 @@ from embed_assets.lib.errors import (
     RecordingDeletedError,
     TransientProviderError,
 )
-from embed_assets.lib.pipeline import ChunkStats, EmbedStats, chunk_recording, embed_recording
+from embed_assets.lib.pipeline import ChunkStats, EmbedStats, RecordingEmbedder, chunk_recording
 from embed_assets.lib.store import SourceChangedError, record_error
 
 # Many recordings per backfill run, so 1,000 recordings are 40 process launches, not 1,000.
@@ -195,8 +195,9 @@ def chunk_embeddings(
     embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     """Vectors for every chunk, in `chunk_vectors` (HNSW cosine index). Chunks whose text and model already
-    have a vector are never sent again; each recording's vectors are replaced in one transaction by binary
-    COPY in statements of `insert_batch_size` rows."""
+    have a vector are never sent again; the pending chunks of several recordings share provider requests;
+    each recording's vectors are replaced in one transaction by binary COPY in statements of
+    `insert_batch_size` rows."""
     config = config.effective()
     try:
         spec = embedder.spec()
@@ -210,18 +211,23 @@ def chunk_embeddings(
     except ConfigError as e:
         raise _fatal(str(e)) from None
     db = _Connection(store)
+    keys = context.partition_keys
+    # The provider gets the pending chunks of several recordings per batch: enough to fill every request in
+    # flight (embed_batch_size x max_concurrency); each recording is still written in its own transaction.
+    recordings = RecordingEmbedder(
+        db.get,
+        client,
+        keys,
+        window_inputs=config.embed_batch_size * config.max_concurrency,
+        insert_batch_size=config.insert_batch_size,
+        statement_timeout_ms=int(config.statement_timeout_s * 1000),
+        log=context.log.info,
+    )
     try:
         stats: list[EmbedStats] = _run_each(
             context,
-            context.partition_keys,
-            lambda key: embed_recording(
-                db.get(),
-                key,
-                client,
-                insert_batch_size=config.insert_batch_size,
-                statement_timeout_ms=int(config.statement_timeout_s * 1000),
-                log=context.log.info,
-            ),
+            keys,
+            recordings,
             step_retries=config.step_retries,
             retry_delay_s=config.step_retry_delay_s,
             on_error=_recorder(context, db, spec.model_id, "chunk_embeddings"),
@@ -229,20 +235,21 @@ def chunk_embeddings(
     finally:
         db.close()
         client.close()
+    provider = recordings.totals
     return dg.MaterializeResult(
         metadata={
             "recordings": len(stats),
             "chunks": sum(s.chunks for s in stats),
             "embedded": sum(s.embedded for s in stats),
             "cache_hits": sum(s.cache_hits for s in stats),
-            "tokens": sum(s.tokens for s in stats),
-            "provider_requests": sum(s.requests for s in stats),
-            "provider_retries": sum(s.retries for s in stats),
-            "estimated_cost_usd": round(sum(s.cost_usd(spec) for s in stats), 6),
+            "tokens": provider.tokens,
+            "provider_requests": provider.requests,
+            "provider_retries": provider.retries,
+            "estimated_cost_usd": round(provider.cost_usd(spec), 6),
             "vectors_written": sum(s.vectors_written for s in stats),
             "vectors_deleted": sum(s.vectors_deleted for s in stats),
             "insert_statements": sum(s.insert_statements for s in stats),
-            "embed_seconds": round(sum(s.embed_seconds for s in stats), 3),
+            "embed_seconds": round(provider.seconds, 3),
             "write_seconds": round(sum(s.write_seconds for s in stats), 3),
             "model": spec.model_id,
             "provider": spec.provider,

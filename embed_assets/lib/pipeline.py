@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import psycopg
 
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.embedders.base import Embedder
-from embed_assets.lib.errors import RecordingDeletedError
+from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources import read_recording
-from embed_assets.lib.store import plan_embeddings, write_chunk_plan, write_vectors
+from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.tokenizers import token_counter
 
 
@@ -71,24 +72,145 @@ def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec
 
 @dataclass
 class EmbedStats:
+    """One recording's share. Provider requests, retries and time are per batch and shared by the recordings
+    of the batch, so they are counted once, in RecordingEmbedder.totals, not here."""
+
     recording_id: str
     chunks: int = 0
-    embedded: int = 0  # sent to the provider
-    cache_hits: int = 0  # vectors reused: already in place, or same text and model elsewhere
-    tokens: int = 0  # tokens sent to the provider
-    requests: int = 0
-    retries: int = 0
+    embedded: int = 0  # chunks whose text was sent to the provider for this recording
+    cache_hits: int = 0  # vectors reused: already in place, same text and model elsewhere, or in this batch
+    tokens: int = 0  # tokens of the chunks sent for this recording (exact count by the model's tokenizer)
     vectors_written: int = 0
     vectors_deleted: int = 0
     insert_statements: int = 0
-    embed_seconds: float = 0.0
     write_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class ProviderTotals:
+    """What the provider was asked for over a step, as it reported it (usage tokens when it sends them)."""
+
+    inputs: int = 0
+    tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
 
     def cost_usd(self, spec: ModelSpec) -> float:
         return self.tokens * spec.usd_per_million_tokens / 1_000_000
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+
+@dataclass
+class _Planned:
+    plan: EmbeddingPlan
+    stats: EmbedStats
+    vectors: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)
+
+
+class RecordingEmbedder:
+    """Embeds recordings in order, one call per recording, each written in its own transaction; but the
+    provider is asked for the pending chunks of several recordings at once. Called for a recording that is
+    not planned yet, it plans it and the recordings after it (diff queries only, no writes) until
+    ``window_inputs`` chunks are pending, embeds their distinct texts in packed requests, and keeps the
+    vectors until each recording's turn. A short call of a few chunks then costs a share of a request, not
+    a round trip of its own (`make bench`, e2e).
+
+    Failures stay per recording: a recording that cannot be planned ends the window before it and fails on
+    its own turn; a provider failure fails the recording whose call embedded the window, and the next
+    recording starts a new window (nothing was paid for a failed request); a write failure loses only that
+    recording, the others of the window are still written with the vectors already paid for. The write
+    re-checks each plan under the recording's lock (write_vectors), so planning ahead cannot write stale
+    vectors. The same text twice in a window is sent once."""
+
+    def __init__(
+        self,
+        conn: Callable[[], psycopg.Connection],
+        embedder: Embedder,
+        keys: Sequence[str],
+        *,
+        window_inputs: int,
+        insert_batch_size: int,
+        statement_timeout_ms: int,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self._conn, self._embedder, self._keys = conn, embedder, list(keys)
+        self._position = {k: i for i, k in enumerate(self._keys)}
+        self._window_inputs = max(1, window_inputs)
+        self._insert_batch_size, self._statement_timeout_ms = insert_batch_size, statement_timeout_ms
+        self._log = log
+        self._ready: dict[str, _Planned] = {}
+        self.totals = ProviderTotals()
+
+    def __call__(self, recording_id: str) -> EmbedStats:
+        if recording_id not in self._ready:
+            self._fill(recording_id)
+        planned = self._ready.pop(recording_id)
+        w = write_vectors(
+            self._conn(),
+            planned.plan,
+            planned.vectors,
+            insert_batch_size=self._insert_batch_size,
+            statement_timeout_ms=self._statement_timeout_ms,
+        )
+        stats = planned.stats
+        stats.vectors_written, stats.vectors_deleted = w.written, w.deleted
+        stats.insert_statements, stats.write_seconds = w.statements, w.seconds
+        return stats
+
+    def _plan(self, recording_id: str) -> _Planned:
+        plan = plan_embeddings(self._conn(), recording_id, self._embedder.spec.model_id)
+        return _Planned(
+            plan, EmbedStats(recording_id, chunks=plan.chunk_count, cache_hits=plan.in_place + len(plan.cached))
+        )
+
+    def _fill(self, recording_id: str) -> None:
+        self._ready.clear()  # left over from a window whose embedding call failed: plan again
+        window = [self._plan(recording_id)]  # the caller's own recording: its errors are its own
+        pending = len(window[0].plan.to_embed)
+        for key in self._keys[self._position.get(recording_id, len(self._keys)) + 1 :]:
+            if pending >= self._window_inputs:
+                break
+            try:
+                window.append(self._plan(key))
+            except (EmbedAssetsError, psycopg.Error):
+                break  # this recording fails (or succeeds) on its own turn
+            pending += len(window[-1].plan.to_embed)
+        self._embed(window)
+        self._ready = {p.plan.recording_id: p for p in window}
+
+    def _embed(self, window: list[_Planned]) -> None:
+        first: dict[str, PendingChunk] = {}  # content hash -> the chunk that carries it to the provider
+        for p in window:
+            for c in p.plan.to_embed:
+                if c.content_hash in first:
+                    p.stats.cache_hits += 1
+                else:
+                    first[c.content_hash] = c
+                    p.stats.embedded += 1
+                    p.stats.tokens += c.token_count
+        if not first:
+            return
+        chunks = list(first.values())
+        total, done, next_report = len(chunks), 0, 0.25
+        label = window[0].plan.recording_id + (f" .. {window[-1].plan.recording_id}" if len(window) > 1 else "")
+
+        def progress(n: int) -> None:
+            nonlocal done, next_report
+            done += n
+            if total >= 200 and done / total >= next_report and done < total:
+                self._log(f"{label}: embedded {done}/{total} chunks")
+                next_report += 0.25
+
+        result = self._embedder.embed([c.content for c in chunks], [c.token_count for c in chunks], progress)
+        by_hash = {c.content_hash: result.vectors[i] for i, c in enumerate(chunks)}
+        for p in window:
+            p.vectors = {c.chunk_index: (c.content_hash, by_hash[c.content_hash]) for c in p.plan.to_embed}
+        t = self.totals
+        t.inputs, t.tokens, t.requests = t.inputs + total, t.tokens + result.tokens, t.requests + result.requests
+        t.retries, t.seconds = t.retries + result.retries, t.seconds + result.seconds
 
 
 def embed_recording(
@@ -101,29 +223,12 @@ def embed_recording(
     log: Callable[[str], None] = lambda _: None,
 ) -> EmbedStats:
     """Embed the chunks of one recording whose vectors are missing or stale, and write them atomically."""
-    spec = embedder.spec
-    plan = plan_embeddings(conn, recording_id, spec.model_id)
-    stats = EmbedStats(recording_id, chunks=plan.chunk_count, cache_hits=plan.in_place + len(plan.cached))
-    vectors = {}
-    if plan.to_embed:
-        total, done, next_report = len(plan.to_embed), 0, 0.25
-
-        def progress(n: int) -> None:
-            nonlocal done, next_report
-            done += n
-            if total >= 200 and done / total >= next_report and done < total:
-                log(f"{recording_id}: embedded {done}/{total} chunks")
-                next_report += 0.25
-
-        result = embedder.embed([c.content for c in plan.to_embed], [c.token_count for c in plan.to_embed], progress)
-        stats.embedded, stats.tokens = len(plan.to_embed), result.tokens
-        stats.requests, stats.retries, stats.embed_seconds = result.requests, result.retries, result.seconds
-        vectors = {c.chunk_index: (c.content_hash, result.vectors[i]) for i, c in enumerate(plan.to_embed)}
-    # Always write (even with nothing new): stale vectors go, and embedded_recordings records that this
-    # source version is embedded. An unchanged recording costs one small transaction and no vector writes.
-    w = write_vectors(
-        conn, plan, vectors, insert_batch_size=insert_batch_size, statement_timeout_ms=statement_timeout_ms
-    )
-    stats.vectors_written, stats.vectors_deleted = w.written, w.deleted
-    stats.insert_statements, stats.write_seconds = w.statements, w.seconds
-    return stats
+    return RecordingEmbedder(
+        lambda: conn,
+        embedder,
+        [recording_id],
+        window_inputs=1,
+        insert_batch_size=insert_batch_size,
+        statement_timeout_ms=statement_timeout_ms,
+        log=log,
+    )(recording_id)
