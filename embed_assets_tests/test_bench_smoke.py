@@ -24,6 +24,7 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
         "e2e_run_overhead_mean",
         "e2e_cli_embed_wall",
         "e2e_cli_rerun_unchanged_wall",
+        "e2e_cli_provider_requests",
         "ui_graphql_partition_status_500",
         "ui_partitions_page_500",
     ):
@@ -32,3 +33,5 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
     assert len(data) == len(report.figures) and all(f["value"] >= 0 for f in data)
     recall = next(f for f in data if f["name"] == "search_vector_hnsw_recall_at_10_120")["value"]
     assert 0.5 <= recall <= 1.0  # real embeddings: HNSW finds most true neighbours even at toy size
+    requests = next(f for f in data if f["name"] == "e2e_cli_provider_requests")["value"]
+    assert 1 <= requests < 4  # the 4 recordings of the quick run share requests

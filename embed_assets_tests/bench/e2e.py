@@ -98,6 +98,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             instance = dg.DagsterInstance.from_config(str(home))
             instance.add_dynamic_partitions("recordings", keys)
             with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev:
+                requests_before = server.seen.ok
                 launched = time.time()
                 data = dev.graphql(
                     LAUNCH,
@@ -113,6 +114,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                 backfill_id = data["backfillId"]
                 _wait(instance, backfill_id, progress)
             _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, report)
+            report.add(_requests_figure("e2e_backfill_provider_requests", server.seen.ok - requests_before, n))
             instance.dispose()
             progress("the same recordings through `embed-assets embed` (runs in one process, no daemon)")
             _fresh_store(url, transcripts, dim)
@@ -121,6 +123,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             instance.add_dynamic_partitions("recordings", keys)
             instance.dispose()
             cli = Path(sys.executable).parent / "embed-assets"
+            requests_before = server.seen.ok
             started = time.perf_counter()
             subprocess.run(
                 [str(cli), "embed"],
@@ -130,6 +133,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             )
             wall = time.perf_counter() - started
             _check_stored(url, n_chunks)
+            report.add(_requests_figure("e2e_cli_provider_requests", server.seen.ok - requests_before, n))
             started = time.perf_counter()  # again, nothing changed: Dagster's bookkeeping + our diff checks
             subprocess.run(
                 [str(cli), "embed", "--all"],
@@ -161,6 +165,16 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _requests_figure(name: str, requests: int, n: int) -> Figure:
+    return Figure(
+        name,
+        requests,
+        "requests",
+        note=f"to embed {n} recordings: the pending chunks of several recordings share a request "
+        "(a request per recording before)",
+    )
 
 
 def _fresh_store(url: str, transcripts, dim: int) -> None:
