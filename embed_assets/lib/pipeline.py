@@ -167,7 +167,7 @@ class RecordingEmbedder:
         )
 
     def _fill(self, recording_id: str) -> None:
-        self._ready.clear()  # left over from a window whose embedding call failed: plan again
+        self._ready.clear()  # a window serves the calls that follow it in order; a skipped one is planned again
         window = [self._plan(recording_id)]  # the caller's own recording: its errors are its own
         pending = len(window[0].plan.to_embed)
         for key in self._keys[self._position.get(recording_id, len(self._keys)) + 1 :]:
