@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
-from embed_assets.lib.embedders.base import Embedder
+from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources import read_recording
@@ -101,6 +101,13 @@ class ProviderTotals:
 
     def cost_usd(self, spec: ModelSpec) -> float:
         return self.tokens * spec.usd_per_million_tokens / 1_000_000
+
+    def add(self, inputs: int, result: EmbedResult) -> None:
+        self.inputs += inputs
+        self.tokens += result.tokens
+        self.requests += result.requests
+        self.retries += result.retries
+        self.seconds += result.seconds
 
 
 @dataclass
@@ -208,9 +215,7 @@ class RecordingEmbedder:
         by_hash = {c.content_hash: result.vectors[i] for i, c in enumerate(chunks)}
         for p in window:
             p.vectors = {c.chunk_index: (c.content_hash, by_hash[c.content_hash]) for c in p.plan.to_embed}
-        t = self.totals
-        t.inputs, t.tokens, t.requests = t.inputs + total, t.tokens + result.tokens, t.requests + result.requests
-        t.retries, t.seconds = t.retries + result.retries, t.seconds + result.seconds
+        self.totals.add(total, result)
 
 
 def embed_recording(
