@@ -37,8 +37,8 @@ def _spec():
 
 
 def _connect_migrated():
-    from embed_assets.lib.database import connect, vector_database_url
-    from embed_assets.lib.schema import migrate
+    from embed_assets.lib.db.connection import connect, vector_database_url
+    from embed_assets.lib.db.migrations import migrate
 
     conn = connect(vector_database_url())
     migrate(conn, _spec().dimension)
@@ -142,12 +142,55 @@ def sample(
     _load(sample_transcripts(n, seed, long_call), [], register)
 
 
+@app.command()
+def migrate() -> None:
+    """Create or update the project's schema (run once as the schema's owner; workers then need no DDL rights)."""
+    from embed_assets.lib.db.connection import connect, redact_url, vector_database_url
+    from embed_assets.lib.db.migrations import migrate as apply
+    from embed_assets.lib.db.migrations import schema_version
+    from embed_assets.lib.db.names import names
+
+    url = vector_database_url()
+    with connect(url) as conn:
+        applied = apply(conn, _spec().dimension)
+        n = names(conn)
+        out.print(
+            f"schema {n.schema} on {redact_url(url)} at version {schema_version(conn)}"
+            + (f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)")
+            + f"; pgvector in schema {n.vector}",
+            highlight=False,
+        )
+
+
+@app.command()
+def grant(
+    role: Annotated[str, typer.Argument(help="An existing database role.")],
+    access: Annotated[
+        str, typer.Option(help="runtime: a worker (read/write rows, no DDL); search: an app calling embed_search.")
+    ] = "search",
+    revoke: Annotated[bool, typer.Option("--revoke", help="Take the role's grants back instead.")] = False,
+) -> None:
+    """Let ROLE reach the project's schema (nobody else can): GRANTs plus row-level-security policies."""
+    from embed_assets.lib.db import roles
+
+    if access not in ("runtime", "search"):
+        _die(f"--access {access!r} is not known; use runtime or search")
+    with _connect_migrated() as conn:
+        if revoke:
+            roles.revoke(conn, role)
+            out.print(f"revoked every grant of {role}", highlight=False)
+            return
+        for st in roles.grant(conn, role, access):  # type: ignore[arg-type]
+            out.print(st + ";", highlight=False, markup=False)
+        out.print(f"granted {access} access to {role}", highlight=False)
+
+
 @app.command("db-url")
 def db_url(
     dagster: Annotated[bool, typer.Option(help="Print the Dagster storage URL instead.")] = False,
 ) -> None:
     """Print the database URL in use (starting the embedded server if needed)."""
-    from embed_assets.lib.database import dagster_database_url, libpq_url, vector_database_url
+    from embed_assets.lib.db.connection import dagster_database_url, libpq_url, vector_database_url
 
     print(libpq_url(dagster_database_url()) if dagster else vector_database_url())
 
@@ -155,7 +198,7 @@ def db_url(
 @app.command("db-stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL server under EMBED_HOME (no-op with EMBED_DATABASE_URL)."""
-    from embed_assets.lib.database import stop_embedded_server
+    from embed_assets.lib.db.connection import stop_embedded_server
     from embed_assets.lib.settings import load_settings
 
     s = load_settings()
@@ -331,7 +374,7 @@ def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> No
     """Run the Dagster UI and daemon (sensor, schedule, backfills) on the embedded defaults."""
     import signal
 
-    from embed_assets.lib.database import dagster_database_url
+    from embed_assets.lib.db.connection import dagster_database_url
 
     _instance()
     workspace = Path(os.environ["DAGSTER_HOME"]) / "workspace.yaml"

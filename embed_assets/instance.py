@@ -18,7 +18,7 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine
 
-from embed_assets.lib.database import dagster_database_url
+from embed_assets.lib.db.connection import dagster_database_url
 from embed_assets.lib.settings import load_settings
 
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def embed_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from embed_assets.lib.database import stop_embedded_server
+    from embed_assets.lib.db.connection import stop_embedded_server
 
     home = Path(tmp_path_factory.mktemp("home"))
     saved = {k: os.environ.pop(k, None) for k in _ENV}
@@ -45,8 +45,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def db_url(embed_home: Path) -> str:
-    from embed_assets.lib.database import vector_database_url
-    from embed_assets.lib.schema import migrate
+    from embed_assets.lib.db.connection import vector_database_url
+    from embed_assets.lib.db.migrations import migrate
 
     url = vector_database_url()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -58,7 +58,7 @@ def db_url(embed_home: Path) -> str:
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     """A connection to an emptied vector store (all source and output rows removed)."""
     with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute("TRUNCATE recordings CASCADE")
+        c.execute("TRUNCATE embed_assets.recordings CASCADE")
         yield c
 
 

@@ -57,8 +57,8 @@ def check_result(instance: dg.DagsterInstance, name: str):
 
 def counts(conn: psycopg.Connection) -> tuple[int, int, int]:
     return conn.execute(
-        "SELECT (SELECT count(*) FROM chunks), (SELECT count(*) FROM chunk_vectors),"
-        " (SELECT count(*) FROM transcript_chunks WHERE embedding IS NOT NULL)"
+        "SELECT (SELECT count(*) FROM embed_assets.chunks), (SELECT count(*) FROM embed_assets.chunk_vectors),"
+        " (SELECT count(*) FROM embed_assets.transcript_chunks WHERE embedding IS NOT NULL)"
     ).fetchone()
 
 
@@ -93,7 +93,7 @@ def test_a_backfill_range_runs_many_partitions_in_one_run(conn, instance, fake_o
     assert result.success
     n = counts(conn)[0]
     assert counts(conn) == (n, n, n)
-    assert conn.execute("SELECT count(*) FROM embedded_recordings").fetchone()[0] == 5
+    assert conn.execute("SELECT count(*) FROM embed_assets.embedded_recordings").fetchone()[0] == 5
     status = instance.get_status_by_partition(EMBEDDINGS, ids, defs.resolve_assets_def(EMBEDDINGS).partitions_def)
     assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
     assert len(instance.get_runs()) == 1

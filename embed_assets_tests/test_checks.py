@@ -40,8 +40,9 @@ def test_completion_rate_counts_match_the_database(conn, instance, fake_openai) 
     assert "completion 75.0% < 99%" in result.description
     md = {k: v.value for k, v in result.metadata.items()}
     direct = conn.execute(
-        """SELECT count(*), count(e.recording_id) FROM recordings r
-           LEFT JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.source_hash = r.content_hash"""
+        """SELECT count(*), count(e.recording_id) FROM embed_assets.recordings r
+           LEFT JOIN embed_assets.embedded_recordings e
+             ON e.recording_id = r.recording_id AND e.source_hash = r.content_hash"""
     ).fetchone()
     assert (md["recordings"], md["embedded"], md["never_embedded"]) == (direct[0], direct[1], direct[0] - direct[1])
     assert md["completion_rate"] == pytest.approx(0.75)
@@ -55,17 +56,19 @@ def test_chunk_integrity_passes_then_catches_each_corruption(conn, instance, fak
     ok = integrity()
     assert ok.passed and ok.metadata["embedded_recordings"].value == 1
 
-    conn.execute("DELETE FROM chunk_vectors WHERE chunk_index = 1")
+    conn.execute("DELETE FROM embed_assets.chunk_vectors WHERE chunk_index = 1")
     bad = integrity()
     assert not bad.passed and bad.metadata["missing_vectors"].value == 1 and "r1" in bad.description
 
-    conn.execute("UPDATE chunk_vectors SET embedding = array_fill(0, ARRAY[384])::vector WHERE chunk_index = 2")
+    conn.execute(
+        "UPDATE embed_assets.chunk_vectors SET embedding = array_fill(0, ARRAY[384])::vector WHERE chunk_index = 2"
+    )
     assert integrity().metadata["zero_vectors"].value == 1
 
-    conn.execute("UPDATE chunk_vectors SET content_hash = 'stale' WHERE chunk_index = 3")
+    conn.execute("UPDATE embed_assets.chunk_vectors SET content_hash = 'stale' WHERE chunk_index = 3")
     assert integrity().metadata["orphan_vectors"].value == 1
 
-    conn.execute("DELETE FROM chunks WHERE chunk_index = 4")
+    conn.execute("DELETE FROM embed_assets.chunks WHERE chunk_index = 4")
     md = integrity().metadata
     assert md["chunk_count_mismatch"].value == 1
 
@@ -73,8 +76,10 @@ def test_chunk_integrity_passes_then_catches_each_corruption(conn, instance, fak
 def test_coverage_gap_is_reported(conn, instance, fake_openai) -> None:
     (rid,) = load(conn, instance, [short("r1", 40)])
     assert run(instance, rid).success
-    conn.execute("UPDATE chunks SET first_seq = last_seq WHERE chunk_index = 3 AND first_seq < last_seq")
-    conn.execute("UPDATE chunks SET first_seq = first_seq + 5, last_seq = last_seq + 5 WHERE chunk_index = 2")
+    conn.execute("UPDATE embed_assets.chunks SET first_seq = last_seq WHERE chunk_index = 3 AND first_seq < last_seq")
+    conn.execute(
+        "UPDATE embed_assets.chunks SET first_seq = first_seq + 5, last_seq = last_seq + 5 WHERE chunk_index = 2"
+    )
     assert integrity().metadata["coverage_gaps"].value == 1
 
 
@@ -115,6 +120,6 @@ def test_status_cli_numbers_equal_a_direct_count(conn, instance, fake_openai) ->
     h = pipeline_health(instance, VectorStoreResource(), MODEL)
     db = h["db"]
     assert (db.recordings, db.embedded_current, db.never_embedded) == (3, 1, 2)
-    assert db.vectors == conn.execute("SELECT count(*) FROM chunk_vectors").fetchone()[0]
-    assert db.chunks == conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    assert db.vectors == conn.execute("SELECT count(*) FROM embed_assets.chunk_vectors").fetchone()[0]
+    assert db.chunks == conn.execute("SELECT count(*) FROM embed_assets.chunks").fetchone()[0]
     assert h["partitions"] == 3 and h["failed"] == []

@@ -60,9 +60,11 @@ def test_load_keeps_good_files_rejects_bad_ones_and_exits_nonzero(conn: psycopg.
     assert f'rejected: {tmp_path / "calls.jsonl"}:2 (cli-l2): missing "segments"' in proc.stderr
     assert "warning:" in proc.stdout and "stripped 1 control character(s)" in proc.stdout
     assert "loaded 4, unchanged 0, changed 0, rejected 2" in proc.stdout
-    ids = {r[0] for r in conn.execute("SELECT recording_id FROM recordings")}
+    ids = {r[0] for r in conn.execute("SELECT recording_id FROM embed_assets.recordings")}
     assert ids == {"cli-good", "cli-l1", "cli-vtt", "cli-nul"}
-    assert conn.execute("SELECT text FROM transcript_segments WHERE recording_id = 'cli-nul'").fetchone() == ("ab",)
+    assert conn.execute(
+        "SELECT text FROM embed_assets.transcript_segments WHERE recording_id = 'cli-nul'"
+    ).fetchone() == ("ab",)
 
     (tmp_path / "bad.json").unlink()
     good["segments"][0]["text"] = "hello again"
@@ -81,11 +83,11 @@ def test_missing_path_is_one_clear_line() -> None:
 
 def test_sample_is_deterministic_and_has_a_long_call(conn: psycopg.Connection) -> None:
     cli("sample", "3", "--seed", "11", "--no-register", check=True)
-    first = dict(conn.execute("SELECT recording_id, content_hash FROM recordings").fetchall())
-    conn.execute("TRUNCATE recordings CASCADE")
+    first = dict(conn.execute("SELECT recording_id, content_hash FROM embed_assets.recordings").fetchall())
+    conn.execute("TRUNCATE embed_assets.recordings CASCADE")
     cli("sample", "3", "--seed", "11", "--no-register", check=True)
-    assert dict(conn.execute("SELECT recording_id, content_hash FROM recordings").fetchall()) == first
-    longest = conn.execute("SELECT max(end_s) FROM transcript_segments").fetchone()[0]
+    assert dict(conn.execute("SELECT recording_id, content_hash FROM embed_assets.recordings").fetchall()) == first
+    longest = conn.execute("SELECT max(end_s) FROM embed_assets.transcript_segments").fetchone()[0]
     assert longest >= 3 * 3600 - 60
 
 
@@ -119,7 +121,7 @@ def test_dagster_job_execute_one_partition_on_the_real_instance(conn: psycopg.Co
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n = conn.execute(
-        "SELECT count(*) FROM transcript_chunks WHERE recording_id = 'cli-exec' AND embedding IS NOT NULL"
+        "SELECT count(*) FROM embed_assets.transcript_chunks WHERE recording_id = 'cli-exec' AND embedding IS NOT NULL"
     ).fetchone()[0]
     assert n > 0 and fake_openai.seen.inputs == n
     assert fake_openai.api_key not in proc.stdout + proc.stderr
@@ -164,7 +166,9 @@ def test_search_returns_the_design_fields(conn: psycopg.Connection, fake_openai)
         upsert_transcript(conn, Transcript(rid, segments))  # unique words: no two chunks share a text
         chunk_recording(conn, rid, spec, ChunkParams(40, 5))
         embed_recording(conn, rid, HashEmbedder(), insert_batch_size=50, statement_timeout_ms=30_000)
-    target = conn.execute("SELECT content FROM chunks WHERE recording_id = 's2' AND chunk_index = 3").fetchone()[0]
+    target = conn.execute(
+        "SELECT content FROM embed_assets.chunks WHERE recording_id = 's2' AND chunk_index = 3"
+    ).fetchone()[0]
     env = {k: os.environ[k] for k in ("EMBED_PROVIDER", "EMBED_MODEL", "EMBED_DIMENSIONS", "OPENAI_BASE_URL")}
     env["OPENAI_API_KEY"] = fake_openai.api_key
     proc = cli("search", target, "-k", "3", "--json", env=env, check=True)

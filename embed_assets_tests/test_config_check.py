@@ -54,9 +54,9 @@ def test_database_without_pgvector(db_url: str) -> None:
 
 
 def test_vectors_of_another_model_mixed_in(conn: psycopg.Connection, db_url: str) -> None:
-    conn.execute("INSERT INTO recordings (recording_id, content_hash, segment_count) VALUES ('r', 'h', 1)")
+    conn.execute("INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES ('r', 'h', 1)")
     conn.execute(
-        """INSERT INTO chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
+        """INSERT INTO embed_assets.chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
            VALUES ('r', 'other-model', 0, 'h', array_fill(0.1, ARRAY[384])::vector)"""
     )
     report = check_configuration(MINI, lambda: db_url, False)

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from embed_assets.lib.database import stop_embedded_server, vector_database_url
+from embed_assets.lib.db.connection import stop_embedded_server, vector_database_url
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.conftest import REPO
@@ -61,7 +61,7 @@ def write_blocked(url: str) -> bool:
         return bool(
             c.execute(
                 """SELECT count(*) FROM pg_stat_activity
-                   WHERE wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO embedded_recordings%%'"""
+                   WHERE wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO embed_assets.embedded_recordings%%'"""
             ).fetchone()[0]
         )
 
@@ -70,10 +70,12 @@ def state(url: str, rid: str) -> tuple[int, int, int, int]:
     """(chunks, vectors, vectors matching their chunk's text, duplicate vector keys) of one recording."""
     with psycopg.connect(url, autocommit=True) as c:
         return c.execute(
-            """SELECT (SELECT count(*) FROM chunks WHERE recording_id = %(r)s),
-                      (SELECT count(*) FROM chunk_vectors WHERE recording_id = %(r)s),
-                      (SELECT count(*) FROM transcript_chunks WHERE recording_id = %(r)s AND embedding IS NOT NULL),
-                      (SELECT count(*) FROM (SELECT chunk_index FROM chunk_vectors WHERE recording_id = %(r)s
+            """SELECT (SELECT count(*) FROM embed_assets.chunks WHERE recording_id = %(r)s),
+                      (SELECT count(*) FROM embed_assets.chunk_vectors WHERE recording_id = %(r)s),
+                      (SELECT count(*) FROM embed_assets.transcript_chunks
+                       WHERE recording_id = %(r)s AND embedding IS NOT NULL),
+                      (SELECT count(*) FROM (SELECT chunk_index FROM embed_assets.chunk_vectors
+                                              WHERE recording_id = %(r)s
                                              GROUP BY chunk_index HAVING count(*) > 1) d)""",
             {"r": rid},
         ).fetchone()
@@ -85,7 +87,7 @@ def big(rid: str, n: int = 150) -> Transcript:
 
 def locked(url: str) -> psycopg.Connection:
     holder = psycopg.connect(url)
-    holder.execute("LOCK TABLE embedded_recordings IN ACCESS EXCLUSIVE MODE")
+    holder.execute("LOCK TABLE embed_assets.embedded_recordings IN ACCESS EXCLUSIVE MODE")
     return holder
 
 
@@ -134,7 +136,7 @@ def test_recording_deleted_while_its_run_is_in_flight(conn, db_url, fake_openai:
     fake_openai.gate.clear()  # the provider holds the first request
     proc = start_run("delete-me")
     wait_for(lambda: fake_openai.seen.requests >= 1, "the run to reach the provider")
-    conn.execute("DELETE FROM recordings WHERE recording_id = 'delete-me'")
+    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'delete-me'")
     fake_openai.gate.set()
     result = outcome(proc)
     assert not result["success"] and result["restarts"] == 0  # no pointless retries
@@ -143,7 +145,7 @@ def test_recording_deleted_while_its_run_is_in_flight(conn, db_url, fake_openai:
 
 
 def test_hostile_input_end_to_end(conn, db_url, fake_openai: FakeOpenAI) -> None:
-    rid = 'rec\'; DROP TABLE chunk_vectors; -- "q" ✓ עברית'
+    rid = 'rec\'; DROP TABLE embed_assets.chunk_vectors; -- "q" ✓ עברית'
     long_turn = "ok, " * 50_000  # 100,000 cl100k tokens in one turn
     t = Transcript(
         rid,
@@ -160,11 +162,16 @@ def test_hostile_input_end_to_end(conn, db_url, fake_openai: FakeOpenAI) -> None
     assert n > 400 and (vectors, matching, dups) == (n, n, 0)
     with psycopg.connect(db_url, autocommit=True) as c:
         speakers = c.execute(
-            "SELECT DISTINCT unnest(speakers) FROM chunks WHERE recording_id = %s ORDER BY 1", (rid,)
+            "SELECT DISTINCT unnest(speakers) FROM embed_assets.chunks WHERE recording_id = %s ORDER BY 1", (rid,)
         ).fetchall()
         assert [s[0] for s in speakers] == sorted(["Dana", "O'Brien", "Ωmega 👋"])
-        assert c.execute("SELECT max(token_count) FROM chunks WHERE recording_id = %s", (rid,)).fetchone()[0] <= 200
-        assert c.execute("SELECT to_regclass('chunk_vectors')").fetchone()[0] == "chunk_vectors"
+        assert (
+            c.execute("SELECT max(token_count) FROM embed_assets.chunks WHERE recording_id = %s", (rid,)).fetchone()[0]
+            <= 200
+        )
+        assert (
+            c.execute("SELECT to_regclass('embed_assets.chunk_vectors')").fetchone()[0] == "embed_assets.chunk_vectors"
+        )
 
 
 @pytest.mark.parametrize("n", [2])

@@ -56,7 +56,7 @@ def test_statement_timeout_is_recovered_by_the_small_batch_retry(
     n = counts(conn)[0]
     assert counts(conn) == (n, n, n)
     assert isinstance(evaluate(instance), dg.SkipReason)  # nothing failed any more
-    assert conn.execute("SELECT count(*) FROM recording_errors").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM embed_assets.recording_errors").fetchone()[0] == 0
 
 
 def test_dead_letter_after_the_bound_then_recovery_by_hand(

@@ -68,7 +68,7 @@ def test_new_changed_unchanged_and_deleted(conn: psycopg.Connection, instance: d
     third = tick(instance, second.cursor)
     assert keys(third) == ["r2"] and third.run_requests[0].run_key != run_keys["r2"]
 
-    conn.execute("DELETE FROM recordings WHERE recording_id = 'r3'")
+    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r3'")
     fourth = tick(instance, third.cursor)
     assert keys(fourth) == []
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["r1", "r2"]
@@ -87,13 +87,14 @@ def test_already_embedded_and_failed_recordings_are_not_requested(
 ) -> None:
     for rid in ("done", "failed", "new"):
         upsert_transcript(conn, rec(rid))
-    h = dict(conn.execute("SELECT recording_id, content_hash FROM recordings").fetchall())
+    h = dict(conn.execute("SELECT recording_id, content_hash FROM embed_assets.recordings").fetchall())
     conn.execute(
-        "INSERT INTO embedded_recordings (recording_id, model, source_hash, chunk_count) VALUES ('done', %s, %s, 1)",
+        "INSERT INTO embed_assets.embedded_recordings (recording_id, model, source_hash, chunk_count) "
+        "VALUES ('done', %s, %s, 1)",
         ("all-MiniLM-L6-v2", h["done"]),
     )
     conn.execute(
-        """INSERT INTO recording_errors (recording_id, model, source_hash, asset, error)
+        """INSERT INTO embed_assets.recording_errors (recording_id, model, source_hash, asset, error)
            VALUES ('failed', 'all-MiniLM-L6-v2', %s, 'chunk_embeddings', 'boom')""",
         (h["failed"],),
     )
@@ -107,7 +108,7 @@ def test_a_deleted_then_reloaded_recording_keeps_its_partition(
 ) -> None:
     upsert_transcript(conn, rec("r1"))
     cursor = tick(instance, None).cursor
-    conn.execute("DELETE FROM recordings WHERE recording_id = 'r1'")
+    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r1'")
     upsert_transcript(conn, rec("r1", "back"))
     result = tick(instance, cursor)
     assert keys(result) == ["r1"] and instance.get_dynamic_partitions("recordings") == ["r1"]
@@ -116,7 +117,9 @@ def test_a_deleted_then_reloaded_recording_keeps_its_partition(
 def bulk_recordings(conn: psycopg.Connection, n: int) -> None:
     """n source rows in one COPY (the sensor reads only `recordings`)."""
     buf = io.StringIO("".join(f"bulk-{i:06d}\tbulkhash{i}\t1\n" for i in range(n)))
-    with conn.cursor().copy("COPY recordings (recording_id, content_hash, segment_count) FROM STDIN") as copy:
+    with conn.cursor().copy(
+        "COPY embed_assets.recordings (recording_id, content_hash, segment_count) FROM STDIN"
+    ) as copy:
         copy.write(buf.getvalue())
 
 

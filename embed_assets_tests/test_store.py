@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from embed_assets.lib.chunking import ChunkParams
+from embed_assets.lib.db.migrations import MIGRATIONS, migrate, schema_version, vector_dimension
 from embed_assets.lib.models import resolve_model
 from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording, embed_recording
-from embed_assets.lib.schema import MIGRATIONS, migrate, schema_version, vector_dimension
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.store import SourceChangedError, plan_embeddings
 from embed_assets.lib.transcripts import Segment, Transcript
@@ -61,9 +61,10 @@ def transcript(rid: str, n: int = 30, variant: str = "") -> Transcript:
 def state(conn: psycopg.Connection, rid: str) -> tuple[int, int, int]:
     """(chunks, vectors, chunks whose vector matches their text) of one recording."""
     return conn.execute(
-        """SELECT (SELECT count(*) FROM chunks WHERE recording_id = %(r)s),
-                  (SELECT count(*) FROM chunk_vectors WHERE recording_id = %(r)s),
-                  (SELECT count(*) FROM transcript_chunks WHERE recording_id = %(r)s AND embedding IS NOT NULL)""",
+        """SELECT (SELECT count(*) FROM embed_assets.chunks WHERE recording_id = %(r)s),
+                  (SELECT count(*) FROM embed_assets.chunk_vectors WHERE recording_id = %(r)s),
+                  (SELECT count(*) FROM embed_assets.transcript_chunks
+                   WHERE recording_id = %(r)s AND embedding IS NOT NULL)""",
         {"r": rid},
     ).fetchone()
 
@@ -76,13 +77,13 @@ def run(conn: psycopg.Connection, rid: str, emb: HashEmbedder, batch: int = 50):
 def test_load_is_idempotent_and_detects_changes(conn: psycopg.Connection) -> None:
     t = transcript("r1")
     assert upsert_transcript(conn, t) == "loaded"
-    before = conn.execute("SELECT updated_at FROM recordings").fetchone()[0]
+    before = conn.execute("SELECT updated_at FROM embed_assets.recordings").fetchone()[0]
     assert upsert_transcript(conn, t) == "unchanged"
-    assert conn.execute("SELECT updated_at FROM recordings").fetchone()[0] == before
+    assert conn.execute("SELECT updated_at FROM embed_assets.recordings").fetchone()[0] == before
     assert upsert_transcript(conn, transcript("r1", 25)) == "changed"
-    row = conn.execute("SELECT segment_count, updated_at > %s FROM recordings", (before,)).fetchone()
+    row = conn.execute("SELECT segment_count, updated_at > %s FROM embed_assets.recordings", (before,)).fetchone()
     assert row == (25, True)
-    assert conn.execute("SELECT count(*), max(seq) FROM transcript_segments").fetchone() == (25, 24)
+    assert conn.execute("SELECT count(*), max(seq) FROM embed_assets.transcript_segments").fetchone() == (25, 24)
 
 
 def test_migrations_are_idempotent_and_safe_from_two_processes(db_url: str) -> None:
@@ -125,7 +126,7 @@ def test_changed_transcript_reembeds_only_changed_chunks(conn: psycopg.Connectio
     assert 1 <= again.embedded <= 3 and again.vectors_deleted == again.embedded
     assert state(conn, "r1") == (again.chunks, again.chunks, again.chunks)
     # the stored vector of every chunk is the vector of its current text
-    for content, emb_vec in conn.execute("SELECT content, embedding::text FROM transcript_chunks"):
+    for content, emb_vec in conn.execute("SELECT content, embedding::text FROM embed_assets.transcript_chunks"):
         assert np.allclose(np.array(emb_vec.strip("[]").split(","), float), vector_for(content, 384), atol=1e-6)
     assert n == again.chunks
 
@@ -169,7 +170,7 @@ def test_short_recordings_share_provider_requests_and_are_written_each_on_its_ow
         assert s.embedded == s.chunks == s.vectors_written and state(conn, rid) == (s.chunks,) * 3
     # the window is bounded by pending chunks: two recordings' worth per call
     for rid in ids:
-        conn.execute("DELETE FROM chunk_vectors WHERE recording_id = %s", (rid,))
+        conn.execute("DELETE FROM embed_assets.chunk_vectors WHERE recording_id = %s", (rid,))
     emb2 = HashEmbedder()
     embed = _window(conn, emb2, ids, window_inputs=stats[0].chunks + 1)
     for rid in ids:
@@ -234,7 +235,7 @@ def test_a_recording_deleted_after_its_window_was_embedded_loses_nothing_else(co
     emb = HashEmbedder()
     embed = _window(conn, emb, ids)
     d0 = embed("d0")
-    conn.execute("DELETE FROM recordings WHERE recording_id = 'd1'")
+    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'd1'")
     with pytest.raises(RecordingDeletedError):
         embed("d1")
     d2 = embed("d2")
@@ -283,7 +284,7 @@ def test_two_concurrent_runs_of_one_recording_leave_one_copy(conn: psycopg.Conne
     n = state(conn, "r1")[0]
     assert state(conn, "r1") == (n, n, n)
     dup = conn.execute(
-        "SELECT count(*) FROM (SELECT chunk_index FROM chunk_vectors GROUP BY 1 HAVING count(*) > 1) d"
+        "SELECT count(*) FROM (SELECT chunk_index FROM embed_assets.chunk_vectors GROUP BY 1 HAVING count(*) > 1) d"
     ).fetchone()[0]
     assert dup == 0
 
@@ -305,9 +306,9 @@ def test_rechunk_during_embedding_writes_nothing(conn: psycopg.Connection) -> No
 def test_deleting_a_recording_removes_its_chunks_and_vectors(conn: psycopg.Connection) -> None:
     upsert_transcript(conn, transcript("r1"))
     run(conn, "r1", HashEmbedder())
-    conn.execute("DELETE FROM recordings WHERE recording_id = 'r1'")
+    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r1'")
     assert state(conn, "r1") == (0, 0, 0)
-    assert conn.execute("SELECT count(*) FROM chunk_plans").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM embed_assets.chunk_plans").fetchone()[0] == 0
 
 
 def test_wrong_dimension_is_refused_before_writing(conn: psycopg.Connection) -> None:
@@ -334,7 +335,8 @@ def test_search_finds_the_exact_chunk_under_every_index_strategy(conn: psycopg.C
     try:
         assert create_index(conn, name, 384).name == name and current_strategy(conn).name == name
         last, target = conn.execute(  # the last chunk holds the turn unique to r2
-            "SELECT chunk_index, content FROM chunks WHERE recording_id = 'r2' ORDER BY chunk_index DESC LIMIT 1"
+            "SELECT chunk_index, content FROM embed_assets.chunks WHERE recording_id = 'r2' "
+            "ORDER BY chunk_index DESC LIMIT 1"
         ).fetchone()
         hits = search(conn, vector_for(target, 384), SPEC.model_id, k=5)
         assert (hits[0].recording_id, hits[0].chunk_index) == ("r2", last) and hits[0].score == pytest.approx(1.0)

@@ -10,7 +10,7 @@ from embed_assets.defs.assets import chunk_embeddings, transcript_chunks
 from embed_assets.defs.health import failure_state
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.database import redact_url
+from embed_assets.lib.db.connection import redact_url
 from embed_assets.lib.discovery import source_hashes
 from embed_assets.lib.health import check_configuration
 from embed_assets.lib.integrity import check_integrity

@@ -7,10 +7,10 @@ import dagster as dg
 import psycopg
 from pydantic import PrivateAttr, SecretStr
 
-from embed_assets.lib.database import connect, vector_database_url
+from embed_assets.lib.db.connection import connect, vector_database_url
+from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
 from embed_assets.lib.models import ModelSpec, resolve_model
-from embed_assets.lib.schema import migrate
 from embed_assets.lib.settings import DEFAULT_MODELS, load_settings
 
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from embed_assets.lib.db.names import q
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -22,10 +24,10 @@ class SourceChange:
 _CHANGES = """
     SELECT r.recording_id, r.content_hash, r.updated_at,
            e.source_hash IS DISTINCT FROM r.content_hash,
-           EXISTS (SELECT 1 FROM recording_errors x
+           EXISTS (SELECT 1 FROM {s}.recording_errors x
                    WHERE x.recording_id = r.recording_id AND x.model = %(m)s AND x.source_hash = r.content_hash)
-    FROM recordings r
-    LEFT JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %(m)s
+    FROM {s}.recordings r
+    LEFT JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %(m)s
 """
 
 
@@ -36,9 +38,12 @@ def changes_since(
     (a settle margin behind now, so a transaction that commits a moment late is not skipped), oldest first."""
     since, last_id = after or (EPOCH, "")
     rows = conn.execute(
-        _CHANGES
-        + """WHERE (r.updated_at, r.recording_id) > (%(since)s, %(id)s) AND r.updated_at <= %(until)s
-             ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
+        q(
+            conn,
+            _CHANGES
+            + """WHERE (r.updated_at, r.recording_id) > (%(since)s, %(id)s) AND r.updated_at <= %(until)s
+                 ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
+        ),
         {"m": model_id, "since": since, "id": last_id, "until": until, "limit": limit},
     ).fetchall()
     return [SourceChange(*r) for r in rows]
@@ -48,9 +53,12 @@ def pending_before(conn: psycopg.Connection, before: datetime, model_id: str, li
     """Pending, never-failed recordings behind the cursor: what a very late commit could have hidden.
     Used by the periodic reconcile pass (a full scan, so not every tick)."""
     rows = conn.execute(
-        _CHANGES
-        + """WHERE r.updated_at <= %(before)s AND e.source_hash IS DISTINCT FROM r.content_hash
-             ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
+        q(
+            conn,
+            _CHANGES
+            + """WHERE r.updated_at <= %(before)s AND e.source_hash IS DISTINCT FROM r.content_hash
+                 ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
+        ),
         {"m": model_id, "before": before, "limit": limit},
     ).fetchall()
     return [SourceChange(*r) for r in rows if not r[4]]
@@ -59,8 +67,12 @@ def pending_before(conn: psycopg.Connection, before: datetime, model_id: str, li
 def deletions_since(conn: psycopg.Connection, after_id: int, limit: int) -> tuple[list[str], int]:
     """Recording ids deleted after tombstone ``after_id`` and not loaded again since; and the new cursor."""
     rows = conn.execute(
-        """SELECT d.id, d.recording_id, EXISTS (SELECT 1 FROM recordings r WHERE r.recording_id = d.recording_id)
-           FROM deleted_recordings d WHERE d.id > %s ORDER BY d.id LIMIT %s""",
+        q(
+            conn,
+            """SELECT d.id, d.recording_id,
+                  EXISTS (SELECT 1 FROM {s}.recordings r WHERE r.recording_id = d.recording_id)
+           FROM {s}.deleted_recordings d WHERE d.id > %s ORDER BY d.id LIMIT %s""",
+        ),
         (after_id, limit),
     ).fetchall()
     gone = list(dict.fromkeys(r[1] for r in rows if not r[2]))
@@ -68,7 +80,7 @@ def deletions_since(conn: psycopg.Connection, after_id: int, limit: int) -> tupl
 
 
 def all_recording_ids(conn: psycopg.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT recording_id FROM recordings")}
+    return {r[0] for r in conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings"))}
 
 
 def embedded_ids(conn: psycopg.Connection, model_id: str) -> set[str]:
@@ -76,8 +88,11 @@ def embedded_ids(conn: psycopg.Connection, model_id: str) -> set[str]:
     return {
         r[0]
         for r in conn.execute(
-            """SELECT r.recording_id FROM recordings r JOIN embedded_recordings e
+            q(
+                conn,
+                """SELECT r.recording_id FROM {s}.recordings r JOIN {s}.embedded_recordings e
                ON e.recording_id = r.recording_id AND e.model = %s AND e.source_hash = r.content_hash""",
+            ),
             (model_id,),
         )
     }
@@ -86,7 +101,7 @@ def embedded_ids(conn: psycopg.Connection, model_id: str) -> set[str]:
 def source_hashes(conn: psycopg.Connection, ids: list[str]) -> dict[str, str]:
     return dict(
         conn.execute(
-            "SELECT recording_id, content_hash FROM recordings WHERE recording_id = ANY(%s)", (ids,)
+            q(conn, "SELECT recording_id, content_hash FROM {s}.recordings WHERE recording_id = ANY(%s)"), (ids,)
         ).fetchall()
     )
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from embed_assets.lib.database import connect
+from embed_assets.lib.db.connection import connect
+from embed_assets.lib.db.migrations import vector_dimension
+from embed_assets.lib.db.names import names, q
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
-from embed_assets.lib.schema import vector_dimension
 
 
 @dataclass
@@ -79,12 +80,13 @@ def _check_vectors(conn: psycopg.Connection, spec: ModelSpec | None, report: Con
             f"to a {dim}-dim model"
         )
     others = conn.execute(
-        "SELECT model, count(*) FROM chunk_vectors WHERE model <> %s GROUP BY model ORDER BY model",
+        q(conn, "SELECT model, count(*) FROM {s}.chunk_vectors WHERE model <> %s GROUP BY model ORDER BY model"),
         (spec.model_id,),
     ).fetchall()
     if others:
         report.fail(
             "chunk_vectors also holds vectors of other models "  # noqa: S608 (a message, not SQL)
             f"({', '.join(f'{m}: {n}' for m, n in others)}) that search would mix with {spec.model_id}; "
-            "delete them (DELETE FROM chunk_vectors WHERE model <> ...) or switch EMBED_MODEL back"
+            f"delete them (DELETE FROM {names(conn).schema}.chunk_vectors WHERE model <> ...) "
+            "or switch EMBED_MODEL back"
         )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from embed_assets.lib.db.names import names, q
+
 INDEX_NAME = "chunk_vectors_hnsw_idx"
 DEFAULT_INDEX = "bit"
 
@@ -24,39 +26,46 @@ DEFAULT_INDEX = "bit"
 @dataclass(frozen=True)
 class IndexStrategy:
     name: str
-    expression: str  # indexed expression, {dim} filled in
+    expression: str  # indexed expression; {dim} and {v} (pgvector's schema) filled in
     opclass: str
-    query: str  # the ORDER BY distance for a query vector %(q)s, {dim} filled in
+    query: str  # the ORDER BY distance for a query vector %(q)s; {dim} and {v} filled in
     max_dim: int
     rerank: bool  # candidates come from a coarse distance and are re-ranked by exact cosine
 
-    def ddl(self, dim: int) -> sql.Composed:
-        return sql.SQL("CREATE INDEX {} ON chunk_vectors USING hnsw (({}) {})").format(
-            sql.Identifier(INDEX_NAME), sql.SQL(self.expression.format(dim=int(dim))), sql.SQL(self.opclass)
+    def ddl(self, conn: psycopg.Connection, dim: int) -> sql.Composed:
+        return q(
+            conn,
+            f"CREATE INDEX {{name}} ON {{s}}.chunk_vectors USING hnsw (({self.expression}) {self.opclass})".replace(
+                "{dim}", str(int(dim))
+            ),
+            name=sql.Identifier(INDEX_NAME),
         )
 
     def order_by(self, dim: int) -> str:
-        return self.query.format(dim=int(dim))
+        """The distance expression, with {v} left for the caller's q()."""
+        return self.query.replace("{dim}", str(int(dim)))
 
 
 STRATEGIES: dict[str, IndexStrategy] = {
     "bit": IndexStrategy(
         "bit",
-        "binary_quantize(embedding)::bit({dim})",
-        "bit_hamming_ops",
-        "binary_quantize(embedding)::bit({dim}) <~> binary_quantize(%(q)s::vector({dim}))",
+        "{v}.binary_quantize(embedding)::bit({dim})",
+        "{v}.bit_hamming_ops",
+        "{v}.binary_quantize(embedding)::bit({dim}) OPERATOR({v}.<~>) {v}.binary_quantize(%(q)s::{v}.vector({dim}))",
         64_000,
         True,
     ),
     "halfvec": IndexStrategy(
         "halfvec",
-        "embedding::halfvec({dim})",
-        "halfvec_cosine_ops",
-        "embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})",
+        "embedding::{v}.halfvec({dim})",
+        "{v}.halfvec_cosine_ops",
+        "embedding::{v}.halfvec({dim}) OPERATOR({v}.<=>) %(q)s::{v}.halfvec({dim})",
         4_000,
         False,
     ),
-    "vector": IndexStrategy("vector", "embedding", "vector_cosine_ops", "embedding <=> %(q)s", 2_000, False),
+    "vector": IndexStrategy(
+        "vector", "embedding", "{v}.vector_cosine_ops", "embedding OPERATOR({v}.<=>) %(q)s", 2_000, False
+    ),
 }
 
 
@@ -73,11 +82,13 @@ def default_strategy(dim: int) -> IndexStrategy:
 
 def current_strategy(conn: psycopg.Connection) -> IndexStrategy | None:
     """The strategy of the index in place, from its definition (None: no ANN index, search is exact)."""
-    row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (INDEX_NAME,)).fetchone()
+    row = conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s", (names(conn).schema, INDEX_NAME)
+    ).fetchone()
     if row is None:
         return None
     for s in STRATEGIES.values():
-        if s.opclass in row[0]:
+        if s.opclass.rsplit(".", 1)[-1] in row[0]:
             return s
     return None
 
@@ -89,6 +100,6 @@ def create_index(conn: psycopg.Connection, name: str, dim: int) -> IndexStrategy
         raise ValueError(f"a {name} HNSW index holds at most {s.max_dim} dimensions; this table has {dim}")
     with conn.transaction():
         conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(INDEX_NAME)))
-        conn.execute(s.ddl(dim))
+        conn.execute(q(conn, "DROP INDEX IF EXISTS {s}.{name}", name=sql.Identifier(INDEX_NAME)))
+        conn.execute(s.ddl(conn, dim))
     return s

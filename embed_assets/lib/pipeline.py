@@ -10,6 +10,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
+from embed_assets.lib.db.names import q
 from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
@@ -40,11 +41,14 @@ def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec
     # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
     # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording.
     done = conn.execute(
-        """SELECT r.segment_count, p.chunk_count,
-                  (SELECT coalesce(sum(token_count), 0) FROM chunks c WHERE c.recording_id = r.recording_id
+        q(
+            conn,
+            """SELECT r.segment_count, p.chunk_count,
+                  (SELECT coalesce(sum(token_count), 0) FROM {s}.chunks c WHERE c.recording_id = r.recording_id
                    AND c.model = p.model)
-           FROM recordings r JOIN chunk_plans p ON p.recording_id = r.recording_id AND p.model = %s
+           FROM {s}.recordings r JOIN {s}.chunk_plans p ON p.recording_id = r.recording_id AND p.model = %s
            WHERE r.recording_id = %s AND p.source_hash = r.content_hash AND p.chunker = %s""",
+        ),
         (spec.model_id, recording_id, chunker),
     ).fetchone()
     if done is not None:

@@ -24,6 +24,7 @@ class Settings:
     model: str
     dimensions: int | None
     openai_base_url: str | None
+    schema: str = "embed_assets"  # EMBED_SCHEMA: where every object of the project lives (lib/db/names.py)
 
     @property
     def embedded(self) -> bool:
@@ -54,6 +55,7 @@ def load_settings() -> Settings:
         model=model,
         dimensions=_env("EMBED_DIMENSIONS", int, None),
         openai_base_url=os.environ.get("OPENAI_BASE_URL", "").strip() or None,
+        schema=os.environ.get("EMBED_SCHEMA", "").strip() or "embed_assets",
     )
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 import psycopg
 
+from embed_assets.lib.db.names import q
 from embed_assets.lib.transcripts import Segment, Transcript
 
 LoadStatus = Literal["loaded", "unchanged", "changed"]
@@ -24,32 +25,38 @@ def upsert_transcript(conn: psycopg.Connection, t: Transcript) -> LoadStatus:
     with conn.transaction():
         lock_recording(conn, t.recording_id)
         row = conn.execute(
-            "SELECT content_hash, title, started_at FROM recordings WHERE recording_id = %s",
+            q(conn, "SELECT content_hash, title, started_at FROM {s}.recordings WHERE recording_id = %s"),
             (t.recording_id,),
         ).fetchone()
         if row is not None and row[0] == new_hash:
             if (row[1], row[2]) != (t.title, t.started_at):
                 conn.execute(
-                    "UPDATE recordings SET title = %s, started_at = %s WHERE recording_id = %s",
+                    q(conn, "UPDATE {s}.recordings SET title = %s, started_at = %s WHERE recording_id = %s"),
                     (t.title, t.started_at, t.recording_id),
                 )
             return "unchanged"
         if row is None:
             conn.execute(
-                """INSERT INTO recordings (recording_id, title, started_at, content_hash, segment_count)
+                q(
+                    conn,
+                    """INSERT INTO {s}.recordings (recording_id, title, started_at, content_hash, segment_count)
                    VALUES (%s, %s, %s, %s, %s)""",
+                ),
                 (t.recording_id, t.title, t.started_at, new_hash, len(t.segments)),
             )
         else:
-            conn.execute("DELETE FROM transcript_segments WHERE recording_id = %s", (t.recording_id,))
+            conn.execute(q(conn, "DELETE FROM {s}.transcript_segments WHERE recording_id = %s"), (t.recording_id,))
             conn.execute(
-                """UPDATE recordings SET title = %s, started_at = %s, content_hash = %s, segment_count = %s,
+                q(
+                    conn,
+                    """UPDATE {s}.recordings SET title = %s, started_at = %s, content_hash = %s, segment_count = %s,
                           updated_at = clock_timestamp()
                    WHERE recording_id = %s""",
+                ),
                 (t.title, t.started_at, new_hash, len(t.segments), t.recording_id),
             )
         with conn.cursor().copy(
-            "COPY transcript_segments (recording_id, seq, speaker, start_s, end_s, text) FROM STDIN"
+            q(conn, "COPY {s}.transcript_segments (recording_id, seq, speaker, start_s, end_s, text) FROM STDIN")
         ) as copy:
             for seq, s in enumerate(t.segments):
                 copy.write_row((t.recording_id, seq, s.speaker, s.start_s, s.end_s, s.text))
@@ -67,12 +74,17 @@ def read_recording(conn: psycopg.Connection, recording_id: str) -> SourceRecordi
     """A consistent snapshot of one recording's segments (None when it is not in the source)."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = conn.execute("SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone()
+        row = conn.execute(
+            q(conn, "SELECT content_hash FROM {s}.recordings WHERE recording_id = %s"), (recording_id,)
+        ).fetchone()
         if row is None:
             return None
         segs = conn.execute(
-            """SELECT speaker, text, start_s, end_s FROM transcript_segments
+            q(
+                conn,
+                """SELECT speaker, text, start_s, end_s FROM {s}.transcript_segments
                WHERE recording_id = %s ORDER BY seq""",
+            ),
             (recording_id,),
         ).fetchall()
     return SourceRecording(recording_id, row[0], tuple(Segment(*s) for s in segs))

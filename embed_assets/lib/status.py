@@ -8,6 +8,8 @@ from datetime import datetime
 
 import psycopg
 
+from embed_assets.lib.db.names import q
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -50,27 +52,36 @@ class DbStatus:
 
 def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbStatus:
     row = conn.execute(
-        """SELECT count(*),
+        q(
+            conn,
+            """SELECT count(*),
                   count(*) FILTER (WHERE e.source_hash = r.content_hash),
                   count(*) FILTER (WHERE e.source_hash IS DISTINCT FROM r.content_hash AND e.recording_id IS NOT NULL),
                   count(*) FILTER (WHERE e.recording_id IS NULL)
-           FROM recordings r
-           LEFT JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s""",
+           FROM {s}.recordings r
+           LEFT JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s""",
+        ),
         (model,),
     ).fetchone()
-    chunks = conn.execute("SELECT count(*) FROM chunks WHERE model = %s", (model,)).fetchone()[0]
+    chunks = conn.execute(q(conn, "SELECT count(*) FROM {s}.chunks WHERE model = %s"), (model,)).fetchone()[0]
     vec = conn.execute(
-        """SELECT count(*), count(*) FILTER (WHERE embedded_at > now() - interval '1 hour'), max(embedded_at),
+        q(
+            conn,
+            """SELECT count(*), count(*) FILTER (WHERE embedded_at > now() - interval '1 hour'), max(embedded_at),
                   extract(epoch FROM now() - max(embedded_at))
-           FROM chunk_vectors WHERE model = %s""",
+           FROM {s}.chunk_vectors WHERE model = %s""",
+        ),
         (model,),
     ).fetchone()
     stale_ids = [
         r[0]
         for r in conn.execute(
-            """SELECT r.recording_id FROM recordings r
-               JOIN embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s
+            q(
+                conn,
+                """SELECT r.recording_id FROM {s}.recordings r
+               JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s
                WHERE e.source_hash <> r.content_hash ORDER BY r.updated_at DESC LIMIT %s""",
+            ),
             (model, sample_ids),
         )
     ]
@@ -112,10 +123,13 @@ def verdict(s: DbStatus, failed: int, dead_lettered: int, t: Thresholds = Thresh
 def last_errors(conn: psycopg.Connection, model: str, ids: list[str]) -> dict[str, dict[str, object]]:
     """The last recorded error of each recording in ``ids`` (for the current transcript or an earlier one)."""
     rows = conn.execute(
-        """SELECT x.recording_id, x.asset, x.error, x.failures, x.failed_at, x.run_id,
+        q(
+            conn,
+            """SELECT x.recording_id, x.asset, x.error, x.failures, x.failed_at, x.run_id,
                   x.source_hash = r.content_hash
-           FROM recording_errors x JOIN recordings r USING (recording_id)
+           FROM {s}.recording_errors x JOIN {s}.recordings r USING (recording_id)
            WHERE x.model = %s AND x.recording_id = ANY(%s)""",
+        ),
         (model, ids),
     ).fetchall()
     return {

@@ -10,17 +10,17 @@ of one partition and a kill -9 mid-write all end with exactly one consistent cop
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector
 
 from embed_assets.lib.chunking import Chunk
+from embed_assets.lib.db.connection import register_vector_types
+from embed_assets.lib.db.migrations import vector_dimension
+from embed_assets.lib.db.names import q
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
-from embed_assets.lib.schema import vector_dimension
 from embed_assets.lib.sources import lock_recording
 
 
@@ -47,7 +47,9 @@ def write_chunk_plan(
     """Replace the recording's chunk rows for ``model_id`` with ``chunks``, touching only changed rows."""
     with conn.transaction():
         lock_recording(conn, recording_id)
-        row = conn.execute("SELECT content_hash FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone()
+        row = conn.execute(
+            q(conn, "SELECT content_hash FROM {s}.recordings WHERE recording_id = %s"), (recording_id,)
+        ).fetchone()
         if row is None:
             raise RecordingDeletedError(f"recording {recording_id!r} was deleted from the source while chunking")
         if row[0] != source_hash:
@@ -56,7 +58,7 @@ def write_chunk_plan(
             )
         existing = dict(
             conn.execute(
-                "SELECT chunk_index, content_hash FROM chunks WHERE recording_id = %s AND model = %s",
+                q(conn, "SELECT chunk_index, content_hash FROM {s}.chunks WHERE recording_id = %s AND model = %s"),
                 (recording_id, model_id),
             ).fetchall()
         )
@@ -65,13 +67,16 @@ def write_chunk_plan(
         new = [c for c in chunks if existing.get(c.chunk_index) != c.content_hash]
         if stale:
             conn.execute(
-                "DELETE FROM chunks WHERE recording_id = %s AND model = %s AND chunk_index = ANY(%s)",
+                q(conn, "DELETE FROM {s}.chunks WHERE recording_id = %s AND model = %s AND chunk_index = ANY(%s)"),
                 (recording_id, model_id, stale),
             )
         if new:
             with conn.cursor().copy(
-                """COPY chunks (recording_id, model, chunk_index, content, first_seq, last_seq, start_s, end_s,
-                                speakers, token_count, content_hash) FROM STDIN"""
+                q(
+                    conn,
+                    """COPY {s}.chunks (recording_id, model, chunk_index, content, first_seq, last_seq, start_s, end_s,
+                                speakers, token_count, content_hash) FROM STDIN""",
+                )
             ) as copy:
                 for c in new:
                     copy.write_row(
@@ -90,13 +95,16 @@ def write_chunk_plan(
                         )
                     )
         conn.execute(
-            """INSERT INTO chunk_plans (recording_id, model, source_hash, chunk_count, chunker)
+            q(
+                conn,
+                """INSERT INTO {s}.chunk_plans (recording_id, model, source_hash, chunk_count, chunker)
                VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (recording_id, model) DO UPDATE
                SET source_hash = EXCLUDED.source_hash, chunk_count = EXCLUDED.chunk_count,
                    chunker = EXCLUDED.chunker, chunked_at = now()
                WHERE (chunk_plans.source_hash, chunk_plans.chunk_count, chunk_plans.chunker)
                      IS DISTINCT FROM (EXCLUDED.source_hash, EXCLUDED.chunk_count, EXCLUDED.chunker)""",
+            ),
             (recording_id, model_id, source_hash, len(chunks), chunker),
         )
     return PlanWrite(len(chunks), len(new), len(stale), len(chunks) - len(new))
@@ -125,21 +133,11 @@ class EmbeddingPlan:
     to_embed: list[PendingChunk] = field(default_factory=list)
 
 
-_REGISTERED: weakref.WeakSet = weakref.WeakSet()
-
-
-def _register_vector(conn: psycopg.Connection) -> None:
-    """pgvector's type adapters, once per connection (each registration costs four catalog queries)."""
-    if conn not in _REGISTERED:
-        register_vector(conn)
-        _REGISTERED.add(conn)
-
-
 def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) -> EmbeddingPlan:
     """Diff the recording's chunk plan against its stored vectors. Raises if it was never chunked."""
-    _register_vector(conn)
+    register_vector_types(conn)
     plan = conn.execute(
-        "SELECT source_hash, chunked_at FROM chunk_plans WHERE recording_id = %s AND model = %s",
+        q(conn, "SELECT source_hash, chunked_at FROM {s}.chunk_plans WHERE recording_id = %s AND model = %s"),
         (recording_id, model_id),
     ).fetchone()
     if plan is None:
@@ -149,11 +147,14 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
             "materialize transcript_chunks for this partition first"
         )
     rows = conn.execute(
-        """SELECT c.chunk_index, c.content, c.content_hash, c.token_count, v.content_hash
-           FROM chunks c
-           LEFT JOIN chunk_vectors v ON v.recording_id = c.recording_id AND v.model = c.model
+        q(
+            conn,
+            """SELECT c.chunk_index, c.content, c.content_hash, c.token_count, v.content_hash
+           FROM {s}.chunks c
+           LEFT JOIN {s}.chunk_vectors v ON v.recording_id = c.recording_id AND v.model = c.model
                                      AND v.chunk_index = c.chunk_index
            WHERE c.recording_id = %s AND c.model = %s ORDER BY c.chunk_index""",
+        ),
         (recording_id, model_id),
     ).fetchall()
     missing = [PendingChunk(r[0], r[1], r[2], r[3]) for r in rows if r[4] != r[2]]
@@ -161,8 +162,11 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
     if missing:
         found = dict(
             conn.execute(
-                """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM chunk_vectors
+                q(
+                    conn,
+                    """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM {s}.chunk_vectors
                    WHERE model = %s AND content_hash = ANY(%s)""",
+                ),
                 (model_id, list({m.content_hash for m in missing})),
             ).fetchall()
         )
@@ -175,7 +179,10 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
 
 
 def _raise_if_deleted(conn: psycopg.Connection, recording_id: str) -> None:
-    if conn.execute("SELECT 1 FROM recordings WHERE recording_id = %s", (recording_id,)).fetchone() is None:
+    if (
+        conn.execute(q(conn, "SELECT 1 FROM {s}.recordings WHERE recording_id = %s"), (recording_id,)).fetchone()
+        is None
+    ):
         raise RecordingDeletedError(
             f"recording {recording_id!r} was deleted from the source; its chunks and vectors went with it "
             "and nothing was written (the sensor removes its partition)"
@@ -206,13 +213,13 @@ def write_vectors(
     """Write the recording's new vectors in one transaction: delete rows whose chunk changed, then binary
     COPY the new ones in statements of ``insert_batch_size`` rows, each under ``statement_timeout_ms``."""
     started = time.perf_counter()
-    _register_vector(conn)
+    register_vector_types(conn)
     rows = {**plan.cached, **vectors}
     with conn.transaction():
         conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
         lock_recording(conn, plan.recording_id)
         current = conn.execute(
-            "SELECT chunked_at FROM chunk_plans WHERE recording_id = %s AND model = %s",
+            q(conn, "SELECT chunked_at FROM {s}.chunk_plans WHERE recording_id = %s AND model = %s"),
             (plan.recording_id, plan.model_id),
         ).fetchone()
         if current is None:
@@ -231,17 +238,23 @@ def write_vectors(
                 )
         # Delete vectors of chunks that changed or no longer exist (only those: deletes churn the index).
         deleted = conn.execute(
-            """DELETE FROM chunk_vectors v
+            q(
+                conn,
+                """DELETE FROM {s}.chunk_vectors v
                WHERE v.recording_id = %s AND v.model = %s
-                 AND NOT EXISTS (SELECT 1 FROM chunks c
+                 AND NOT EXISTS (SELECT 1 FROM {s}.chunks c
                                  WHERE c.recording_id = v.recording_id AND c.model = v.model
                                    AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash)""",
+            ),
             (plan.recording_id, plan.model_id),
         ).rowcount
         # A concurrent run of the same partition may have written some of these rows already: skip them.
         have = dict(
             conn.execute(
-                "SELECT chunk_index, content_hash FROM chunk_vectors WHERE recording_id = %s AND model = %s",
+                q(
+                    conn,
+                    "SELECT chunk_index, content_hash FROM {s}.chunk_vectors WHERE recording_id = %s AND model = %s",
+                ),
                 (plan.recording_id, plan.model_id),
             ).fetchall()
         )
@@ -250,22 +263,29 @@ def write_vectors(
         cur = conn.cursor()
         for start in range(0, len(items), max(1, insert_batch_size)):
             with cur.copy(
-                """COPY chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
-                   FROM STDIN WITH (FORMAT BINARY)"""
+                q(
+                    conn,
+                    """COPY {s}.chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
+                   FROM STDIN WITH (FORMAT BINARY)""",
+                )
             ) as copy:
                 copy.set_types(["text", "text", "int4", "text", "vector"])
                 for idx, (h, vec) in items[start : start + insert_batch_size]:
                     copy.write_row((plan.recording_id, plan.model_id, idx, h, vec))
             statements += 1
         conn.execute(
-            "DELETE FROM recording_errors WHERE recording_id = %s AND model = %s", (plan.recording_id, plan.model_id)
+            q(conn, "DELETE FROM {s}.recording_errors WHERE recording_id = %s AND model = %s"),
+            (plan.recording_id, plan.model_id),
         )
         conn.execute(
-            """INSERT INTO embedded_recordings (recording_id, model, source_hash, chunk_count)
+            q(
+                conn,
+                """INSERT INTO {s}.embedded_recordings (recording_id, model, source_hash, chunk_count)
                VALUES (%s, %s, %s, %s)
                ON CONFLICT (recording_id, model) DO UPDATE
                SET source_hash = EXCLUDED.source_hash, chunk_count = EXCLUDED.chunk_count,
                    embedded_at = now()""",
+            ),
             (plan.recording_id, plan.model_id, plan.source_hash, plan.chunk_count),
         )
     return VectorWrite(len(items), max(deleted, 0), statements, time.perf_counter() - started)
@@ -276,12 +296,16 @@ def record_error(
 ) -> None:
     """Keep a recording's last error (visible in `status` and the completion check); cleared on success."""
     conn.execute(
-        """INSERT INTO recording_errors (recording_id, model, source_hash, asset, error, run_id)
-           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s FROM recordings WHERE recording_id = %(r)s
+        q(
+            conn,
+            """INSERT INTO {s}.recording_errors (recording_id, model, source_hash, asset, error, run_id)
+           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s
+           FROM {s}.recordings WHERE recording_id = %(r)s
            ON CONFLICT (recording_id, model) DO UPDATE
            SET source_hash = EXCLUDED.source_hash, asset = EXCLUDED.asset, error = EXCLUDED.error,
                run_id = EXCLUDED.run_id, failed_at = now(),
                failures = CASE WHEN recording_errors.source_hash = EXCLUDED.source_hash
                                THEN recording_errors.failures + 1 ELSE 1 END""",
+        ),
         {"r": recording_id, "m": model_id, "a": asset, "e": error[:4000], "run": run_id},
     )

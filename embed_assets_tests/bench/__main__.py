@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from embed_assets.lib.database import vector_database_url
+from embed_assets.lib.db.connection import vector_database_url
 from embed_assets_tests.bench import e2e, providers, scale, search, ui_scale, write_path
 from embed_assets_tests.bench.report import Report
 

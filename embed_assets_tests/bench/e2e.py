@@ -20,9 +20,9 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
+from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.models import resolve_model
 from embed_assets.lib.sample import sample_transcripts
-from embed_assets.lib.schema import migrate
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.tokenizers import token_counter
 from embed_assets_tests.bench.report import Figure, Report
@@ -54,7 +54,9 @@ def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> t
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute("DROP TABLE IF EXISTS floor_vectors")
-        conn.execute("CREATE TABLE floor_vectors (LIKE chunk_vectors INCLUDING INDEXES INCLUDING DEFAULTS)")
+        conn.execute(
+            "CREATE TABLE floor_vectors (LIKE embed_assets.chunk_vectors INCLUDING INDEXES INCLUDING DEFAULTS)"
+        )
         started = time.perf_counter()
         with conn.cursor().copy(
             "COPY floor_vectors (recording_id, model, chunk_index, content_hash, embedding) FROM STDIN (FORMAT BINARY)"
@@ -179,8 +181,7 @@ def _requests_figure(name: str, requests: int, n: int) -> Figure:
 
 def _fresh_store(url: str, transcripts, dim: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+        conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, dim)
         for t in transcripts:
             upsert_transcript(conn, t)
@@ -188,7 +189,7 @@ def _fresh_store(url: str, transcripts, dim: int) -> None:
 
 def _check_stored(url: str, n_chunks: int) -> None:
     with psycopg.connect(url) as conn:
-        stored = conn.execute("SELECT count(*) FROM chunk_vectors").fetchone()[0]
+        stored = conn.execute("SELECT count(*) FROM embed_assets.chunk_vectors").fetchone()[0]
     if stored != n_chunks:
         raise RuntimeError(f"{stored} vectors stored, {n_chunks} chunks expected")
 

@@ -14,7 +14,7 @@ from embed_assets.defs.checks import pipeline_health
 from embed_assets.defs.health import failed_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.sensors import new_recordings_sensor
-from embed_assets.lib.schema import migrate
+from embed_assets.lib.db.migrations import migrate
 from embed_assets_tests.bench.report import Figure, Report
 
 SENSOR_TIMEOUT_S = 60  # Dagster's default sensor evaluation timeout
@@ -35,13 +35,14 @@ def sensor_and_status(url: str, n: int, report: Report, progress) -> None:
 
 def _sensor_and_status(url: str, n: int, report: Report, progress) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+        conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, 384)
         buf = "".join(f"scale-{i:07d}\thash{i}\t1\n" for i in range(n))
-        with conn.cursor().copy("COPY recordings (recording_id, content_hash, segment_count) FROM STDIN") as copy:
+        with conn.cursor().copy(
+            "COPY embed_assets.recordings (recording_id, content_hash, segment_count) FROM STDIN"
+        ) as copy:
             copy.write(io.StringIO(buf).getvalue())
-        conn.execute("ANALYZE recordings")
+        conn.execute("ANALYZE embed_assets.recordings")
     resources = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources=resources)

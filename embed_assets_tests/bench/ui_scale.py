@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from embed_assets.lib.schema import migrate
+from embed_assets.lib.db.migrations import migrate
 from embed_assets_tests.bench.report import Figure, Report
 from embed_assets_tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
@@ -41,11 +41,12 @@ def _populate(url: str, home: Path, n: int, progress) -> None:
 
     keys = [f"scale-{i:07d}" for i in range(n)]
     with psycopg.connect(url, autocommit=True) as conn:  # the source rows, so the sensor keeps the partitions
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+        conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, 384)
         buf = "".join(f"{k}\thash{i}\t1\n" for i, k in enumerate(keys))
-        with conn.cursor().copy("COPY recordings (recording_id, content_hash, segment_count) FROM STDIN") as copy:
+        with conn.cursor().copy(
+            "COPY embed_assets.recordings (recording_id, content_hash, segment_count) FROM STDIN"
+        ) as copy:
             copy.write(io.StringIO(buf).getvalue())
     instance = dg.DagsterInstance.from_config(str(home))
     for lo in range(0, n, 10_000):

@@ -13,7 +13,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from embed_assets.lib.chunking import Chunk
-from embed_assets.lib.schema import migrate
+from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.sources import upsert_transcript
 from embed_assets.lib.store import plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.transcripts import Segment, Transcript
@@ -33,7 +33,7 @@ def _copy_rows(conn: psycopg.Connection, table: str, rid: str, vecs: np.ndarray,
     with conn.cursor().copy(
         sql.SQL(
             "COPY {} (recording_id, model, chunk_index, content_hash, embedding) FROM STDIN WITH (FORMAT BINARY)"
-        ).format(sql.Identifier(table))
+        ).format(sql.Identifier(*table.split(".")))
     ) as copy:
         copy.set_types(["text", "text", "int4", "text", "vector"])
         for i, v in enumerate(vecs):
@@ -43,7 +43,9 @@ def _copy_rows(conn: psycopg.Connection, table: str, rid: str, vecs: np.ndarray,
 def _recording(conn: psycopg.Connection, rid: str, n: int) -> None:
     """A source recording with n one-segment... chunk rows (the product's write path checks its plan)."""
     upsert_transcript(conn, Transcript(rid, (Segment("A", f"bench {rid}"),)))
-    src_hash = conn.execute("SELECT content_hash FROM recordings WHERE recording_id = %s", (rid,)).fetchone()[0]
+    src_hash = conn.execute(
+        "SELECT content_hash FROM embed_assets.recordings WHERE recording_id = %s", (rid,)
+    ).fetchone()[0]
     chunks = [Chunk(i, f"{rid} chunk {i}", 0, 0, None, None, ("A",), 5) for i in range(n)]
     write_chunk_plan(conn, rid, MODEL, src_hash, "bench", chunks)
 
@@ -51,24 +53,26 @@ def _recording(conn: psycopg.Connection, rid: str, n: int) -> None:
 def prepare(url: str, n_vectors: int, rng: np.random.Generator, progress) -> None:
     """A fresh schema holding n_vectors vectors (in 1,000-chunk recordings) and a default HNSW index."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+        conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, DIM)
         register_vector(conn)
-        conn.execute("DROP INDEX chunk_vectors_hnsw_idx")
+        conn.execute("DROP INDEX embed_assets.chunk_vectors_hnsw_idx")
         for r in range(n_vectors // PER_RECORDING):
             rid = f"base-{r:05d}"
             conn.execute(
-                "INSERT INTO recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)", (rid,)
+                "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
+                (rid,),
             )
-            _copy_rows(conn, "chunk_vectors", rid, unit_vectors(rng, PER_RECORDING))
+            _copy_rows(conn, "embed_assets.chunk_vectors", rid, unit_vectors(rng, PER_RECORDING))
             if r % 10 == 9:
                 progress(f"loaded {(r + 1) * PER_RECORDING:,} / {n_vectors:,} vectors")
         conn.execute("SET maintenance_work_mem = '1GB'")
         started = time.perf_counter()
-        conn.execute("CREATE INDEX chunk_vectors_hnsw_idx ON chunk_vectors USING hnsw (embedding vector_cosine_ops)")
+        conn.execute(
+            "CREATE INDEX chunk_vectors_hnsw_idx ON embed_assets.chunk_vectors USING hnsw (embedding vector_cosine_ops)"
+        )
         progress(f"built the HNSW index over {n_vectors:,} vectors in {time.perf_counter() - started:.1f}s")
-        conn.execute("VACUUM ANALYZE chunk_vectors")
+        conn.execute("VACUUM ANALYZE embed_assets.chunk_vectors")
 
 
 def _timed(fn) -> float:
@@ -87,10 +91,11 @@ def write_path(url: str, n_vectors: int, report: Report, rng: np.random.Generato
             # floor: raw binary COPY of the same 1,000 rows into the same indexed table, in one transaction
             rid = f"floor-{rep}"
             conn.execute(
-                "INSERT INTO recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)", (rid,)
+                "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
+                (rid,),
             )
             with conn.transaction():
-                floors.append(_timed(lambda rid=rid: _copy_rows(conn, "chunk_vectors", rid, vecs)))
+                floors.append(_timed(lambda rid=rid: _copy_rows(conn, "embed_assets.chunk_vectors", rid, vecs)))
             # the product: a recording with 1,000 chunks, its vectors written through write_vectors
             for batch, out in ((100, products), (5, smalls)):
                 rid = f"product-{batch}-{rep}"
@@ -109,7 +114,7 @@ def write_path(url: str, n_vectors: int, report: Report, rng: np.random.Generato
                 f"small batch {smalls[-1]:.2f}s"
             )
         # no index at all: what the rows cost without HNSW maintenance
-        conn.execute("CREATE TEMP TABLE plain (LIKE chunk_vectors INCLUDING DEFAULTS)")
+        conn.execute("CREATE TEMP TABLE plain (LIKE embed_assets.chunk_vectors INCLUDING DEFAULTS)")
         unindexed = _timed(lambda: _copy_rows(conn, "plain", "plain", vecs))
     floor = float(np.median(floors))
     name = f"write_1000x{DIM}_into_{n_vectors}"
@@ -150,7 +155,8 @@ def _latency(conn: psycopg.Connection, name: str, rng: np.random.Generator, n: i
     else:
         inner, limit = "embedding <=> %(q)s", 10
     query = (
-        f"SELECT recording_id, chunk_index FROM (SELECT recording_id, chunk_index, embedding FROM chunk_vectors "  # noqa: S608
+        f"SELECT recording_id, chunk_index FROM (SELECT recording_id, chunk_index, embedding "  # noqa: S608
+        f"FROM embed_assets.chunk_vectors "
         f"ORDER BY {inner} LIMIT {limit}) c ORDER BY embedding <=> %(q)s LIMIT 10"
     )
     times = []
@@ -172,16 +178,19 @@ def index_strategies(url: str, n_vectors: int, report: Report, rng: np.random.Ge
         register_vector(conn)
         conn.execute("SET maintenance_work_mem = '1GB'")
         for i, (name, (ddl, note)) in enumerate(STRATEGIES.items()):
-            conn.execute("DROP INDEX IF EXISTS chunk_vectors_hnsw_idx")
+            conn.execute("DROP INDEX IF EXISTS embed_assets.chunk_vectors_hnsw_idx")
             build = _timed(
-                lambda ddl=ddl: conn.execute(sql.SQL("CREATE INDEX chunk_vectors_hnsw_idx ON chunk_vectors " + ddl))
+                lambda ddl=ddl: conn.execute(
+                    sql.SQL("CREATE INDEX chunk_vectors_hnsw_idx ON embed_assets.chunk_vectors " + ddl)
+                )
             )
             rid = f"strategy-{i}"
             conn.execute(
-                "INSERT INTO recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)", (rid,)
+                "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
+                (rid,),
             )
             with conn.transaction():
-                insert = _timed(lambda rid=rid: _copy_rows(conn, "chunk_vectors", rid, vecs))
+                insert = _timed(lambda rid=rid: _copy_rows(conn, "embed_assets.chunk_vectors", rid, vecs))
             baseline = baseline or insert
             p50, p95 = _latency(conn, name, rng)
             progress(f"{name}: build {build:.1f}s, insert {insert:.2f}s, search p50 {p50:.1f} ms p95 {p95:.1f} ms")
@@ -197,5 +206,7 @@ def index_strategies(url: str, n_vectors: int, report: Report, rng: np.random.Ge
             )
             report.add(Figure(f"index_{name}_insert_1000", insert, "s", baseline, "default vector HNSW", note=note))
             report.add(Figure(f"index_{name}_build_{n_vectors}", build, "s"))
-        conn.execute("DROP INDEX IF EXISTS chunk_vectors_hnsw_idx")
-        conn.execute("CREATE INDEX chunk_vectors_hnsw_idx ON chunk_vectors USING hnsw (embedding vector_cosine_ops)")
+        conn.execute("DROP INDEX IF EXISTS embed_assets.chunk_vectors_hnsw_idx")
+        conn.execute(
+            "CREATE INDEX chunk_vectors_hnsw_idx ON embed_assets.chunk_vectors USING hnsw (embedding vector_cosine_ops)"
+        )

@@ -1,0 +1,373 @@
+"""Versioned, idempotent schema migrations, safe to run twice or from two processes at once.
+
+Everything lives in the project's own schema (lib/db/names.py). Each migration runs once, in order, inside one
+transaction that holds a cluster-wide advisory lock, and is recorded in ``{schema}.schema_migrations``; a
+second process waits for the lock and then finds nothing left to do. A schema that is already up to date is
+recognised by a read-only query, so workers may run as a role without DDL rights once an owner ran
+``embed-assets migrate``. An install from before the schema existed (tables in ``public``) is moved into the
+schema first, table by table with ALTER ... SET SCHEMA (metadata only: no row is copied or lost).
+The vector table's dimension follows the configured model when it is created; a later model of another
+dimension is reported by the ``embedding_config_valid`` check (see ``vector_dimension``), never mixed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from embed_assets.lib.db.names import forget, names, q, schema_name
+from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.indexes import default_strategy
+
+# pg_advisory_xact_lock key: a constant of our own ("embedasm" in ASCII).
+_MIGRATION_LOCK = 0x656D626564_61736D & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[psycopg.Connection, int], None]
+
+
+def _x(conn: psycopg.Connection, template: str, params: object = None) -> None:
+    conn.execute(q(conn, template), params)
+
+
+def _source_tables(conn: psycopg.Connection, dim: int) -> None:
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.recordings (
+            recording_id  text PRIMARY KEY,
+            title         text,
+            started_at    timestamptz,
+            content_hash  text NOT NULL,
+            segment_count integer NOT NULL,
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            updated_at    timestamptz NOT NULL DEFAULT now()
+        )""",
+    )
+    _x(conn, "CREATE INDEX recordings_updated_at_idx ON {s}.recordings (updated_at, recording_id)")
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.transcript_segments (
+            recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+            seq          integer NOT NULL,
+            speaker      text NOT NULL,
+            start_s      double precision,
+            end_s        double precision,
+            text         text NOT NULL,
+            PRIMARY KEY (recording_id, seq)
+        )""",
+    )
+
+
+def _chunk_tables(conn: psycopg.Connection, dim: int) -> None:
+    # Chunk plans, written by the transcript_chunks asset. One row per chunk of a recording, per model
+    # (the tokenizer, hence the boundaries, depend on the model).
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.chunks (
+            recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+            model        text NOT NULL,
+            chunk_index  integer NOT NULL,
+            content      text NOT NULL,
+            first_seq    integer NOT NULL,
+            last_seq     integer NOT NULL,
+            start_s      double precision,
+            end_s        double precision,
+            speakers     text[] NOT NULL,
+            token_count  integer NOT NULL,
+            content_hash text NOT NULL,
+            PRIMARY KEY (recording_id, model, chunk_index)
+        )""",
+    )
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.chunk_plans (
+            recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+            model        text NOT NULL,
+            source_hash  text NOT NULL,
+            chunk_count  integer NOT NULL,
+            chunker      text NOT NULL,
+            chunked_at   timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (recording_id, model)
+        )""",
+    )
+
+
+def _vector_tables(conn: psycopg.Connection, dim: int) -> None:
+    # Vectors, written by the chunk_embeddings asset. The content hash doubles as the "never pay twice"
+    # cache key: (model, content_hash) finds a vector for identical text anywhere in the table.
+    conn.execute(
+        q(
+            conn,
+            """
+            CREATE TABLE {s}.chunk_vectors (
+                recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+                model        text NOT NULL,
+                chunk_index  integer NOT NULL,
+                content_hash text NOT NULL,
+                embedding    {v}.vector({dim}) NOT NULL,
+                embedded_at  timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (recording_id, model, chunk_index)
+            )""",
+            dim=sql.Literal(dim),
+        )
+    )
+    _x(conn, "CREATE INDEX chunk_vectors_hash_idx ON {s}.chunk_vectors (model, content_hash)")
+    conn.execute(default_strategy(dim).ddl(conn, dim))  # the measured default (lib/indexes.py)
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.embedded_recordings (
+            recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+            model        text NOT NULL,
+            source_hash  text NOT NULL,
+            chunk_count  integer NOT NULL,
+            embedded_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (recording_id, model)
+        )""",
+    )
+    # The SQL surface users query for RAG (DESIGN.md): a chunk and its vector, joined on the content hash
+    # so a vector is never shown beside text it was not computed from.
+    _x(
+        conn,
+        """
+        CREATE VIEW {s}.transcript_chunks AS
+        SELECT c.recording_id, c.chunk_index, c.content, c.first_seq, c.last_seq, c.start_s, c.end_s,
+               c.speakers, c.token_count, c.content_hash, c.model, v.embedding, v.embedded_at
+        FROM {s}.chunks c
+        LEFT JOIN {s}.chunk_vectors v
+          ON v.recording_id = c.recording_id AND v.model = c.model
+         AND v.chunk_index = c.chunk_index AND v.content_hash = c.content_hash""",
+    )
+
+
+_TOMBSTONE_FUNCTION = """
+    CREATE OR REPLACE FUNCTION {s}.embed_assets_recording_deleted() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = '' AS $$
+    BEGIN
+        INSERT INTO {s}.deleted_recordings (recording_id) VALUES (OLD.recording_id);
+        RETURN OLD;
+    END $$"""
+
+
+def _automation_tables(conn: psycopg.Connection, dim: int) -> None:
+    # Tombstones of deleted recordings, so the sensor finds deletions by cursor instead of a full scan.
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.deleted_recordings (
+            id           bigserial PRIMARY KEY,
+            recording_id text NOT NULL,
+            deleted_at   timestamptz NOT NULL DEFAULT now()
+        )""",
+    )
+    _x(conn, _TOMBSTONE_FUNCTION)
+    _x(
+        conn,
+        """CREATE TRIGGER recordings_deleted AFTER DELETE ON {s}.recordings
+           FOR EACH ROW EXECUTE FUNCTION {s}.embed_assets_recording_deleted()""",
+    )
+    # The last error of each recording that failed (per recording, even inside a many-partition run).
+    _x(
+        conn,
+        """
+        CREATE TABLE {s}.recording_errors (
+            recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+            model        text NOT NULL,
+            source_hash  text NOT NULL,
+            asset        text NOT NULL,
+            error        text NOT NULL,
+            run_id       text,
+            failures     integer NOT NULL DEFAULT 1,
+            failed_at    timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (recording_id, model)
+        )""",
+    )
+
+
+def _locked_down(conn: psycopg.Connection, dim: int) -> None:
+    # An install moved from `public` still has the tombstone function of migration 4 with unqualified names.
+    _x(conn, _TOMBSTONE_FUNCTION)
+    lock_down(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "source tables", _source_tables),
+    Migration(2, "chunk tables", _chunk_tables),
+    Migration(3, "vector tables and transcript_chunks view", _vector_tables),
+    Migration(4, "deletion tombstones and per-recording errors", _automation_tables),
+    Migration(5, "own schema: row-level security on, no privileges but the owner's", _locked_down),
+)
+LATEST = MIGRATIONS[-1].version
+
+# Every object of ours that an install from before the schema existed keeps in `public`.
+_LEGACY_TABLES = (
+    "recordings",
+    "transcript_segments",
+    "chunks",
+    "chunk_plans",
+    "chunk_vectors",
+    "embedded_recordings",
+    "deleted_recordings",
+    "recording_errors",
+    "schema_migrations",
+)
+
+
+def lock_down(conn: psycopg.Connection) -> None:
+    """No role but the owner (and the roles granted through ``embed-assets grant``) reaches anything here:
+    row-level security on every table, so a role that is handed table privileges by someone's default
+    privileges (Supabase grants `anon` and `authenticated` everything new in `public`, and a user may expose
+    this schema later) still reads zero rows; and every privilege held by another role is revoked."""
+    schema = names(conn).schema
+    tables = [r[0] for r in conn.execute(_OWN_TABLES, (schema,))]
+    for t in tables:
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(schema, t)))
+    for kind, ident, grantee in conn.execute(q(conn, _FOREIGN_GRANTS), {"schema": schema}).fetchall():
+        target = sql.SQL("FUNCTION {}").format(sql.SQL(ident)) if kind == "f" else sql.SQL(ident)
+        conn.execute(
+            sql.SQL("REVOKE ALL ON {} FROM {}").format(
+                target, sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)
+            )
+        )
+
+
+_OWN_TABLES = """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"""
+
+# (kind, regclass/regprocedure text, grantee or NULL for PUBLIC) of every privilege not held by the owner.
+_FOREIGN_GRANTS = """
+    SELECT 'r', c.oid::regclass::text, g.rolname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+         aclexplode(c.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
+    WHERE n.nspname = %(schema)s AND a.grantee <> c.relowner
+      AND NOT EXISTS (SELECT 1 FROM {s}.role_grants rg WHERE rg.role = g.rolname)
+    UNION
+    SELECT 'f', p.oid::regprocedure::text, g.rolname
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace,
+         aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a LEFT JOIN pg_roles g ON g.oid = a.grantee
+    WHERE n.nspname = %(schema)s AND a.grantee <> p.proowner
+      AND NOT EXISTS (SELECT 1 FROM {s}.role_grants rg WHERE rg.role = g.rolname)
+"""
+
+
+def _needs_work(conn: psycopg.Connection, schema: str) -> bool:
+    """Read-only: is anything left to apply (or to move out of `public`)?"""
+    ledger = conn.execute("SELECT to_regclass(%s)", (f"{schema}.schema_migrations",)).fetchone()[0]
+    if ledger is None:
+        return True
+    done = conn.execute(q(conn, "SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")).fetchone()[0]
+    return done < LATEST
+
+
+def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
+    """Apply pending migrations; returns the versions applied by this call (empty when up to date)."""
+    schema = schema_name()
+    if not _needs_work(conn, schema):
+        return []
+    try:
+        return _migrate(conn, schema, dimension)
+    except pg_errors.InsufficientPrivilege as e:
+        user = conn.info.user
+        raise ConfigError(
+            f"role {user!r} may not change schema {schema!r} ({_first_line(e)}). Run `embed-assets migrate` once "
+            f"as the schema's owner (a role with CREATE on the database), or have an admin run: "
+            f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {user};"
+        ) from None
+
+
+def _migrate(conn: psycopg.Connection, schema: str, dimension: int) -> list[int]:
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        _ensure_pgvector(conn)
+        _move_legacy_tables(conn, schema)
+        _x(
+            conn,
+            """CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())""",
+        )
+        _x(conn, "CREATE TABLE IF NOT EXISTS {s}.role_grants (role text PRIMARY KEY, access text NOT NULL)")
+        done = {row[0] for row in conn.execute(q(conn, "SELECT version FROM {s}.schema_migrations"))}
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            m.apply(conn, dimension)
+            _x(conn, "INSERT INTO {s}.schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
+            applied.append(m.version)
+        if applied:
+            lock_down(conn)
+    return applied
+
+
+def _ensure_pgvector(conn: psycopg.Connection) -> None:
+    if names(conn).vector is not None:
+        return
+    try:
+        with conn.transaction():  # a savepoint: a refusal must not abort the migration's transaction
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except pg_errors.InsufficientPrivilege:
+        raise ConfigError(
+            f"the pgvector extension is not installed and role {conn.info.user!r} may not create it; an admin "
+            "runs CREATE EXTENSION vector; (on Supabase: CREATE EXTENSION vector WITH SCHEMA extensions; or "
+            "Database > Extensions in the dashboard)"
+        ) from None
+    forget(conn)
+
+
+def _move_legacy_tables(conn: psycopg.Connection, schema: str) -> None:
+    """An install from before the schema existed: move its objects from `public`, nothing copied or lost."""
+    ours = conn.execute("SELECT to_regclass(%s)", (f"{schema}.schema_migrations",)).fetchone()[0]
+    if ours is not None:
+        return
+    present = conn.execute(
+        "SELECT to_regclass('public.schema_migrations') IS NOT NULL AND to_regclass('public.chunk_vectors') IS NOT NULL"
+    ).fetchone()[0]
+    if (
+        not present
+        or not conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM public.schema_migrations WHERE version = 1 AND name = 'source tables')"
+        ).fetchone()[0]
+    ):
+        return
+    target = sql.Identifier(schema)
+    for table in _LEGACY_TABLES:
+        conn.execute(sql.SQL("ALTER TABLE public.{} SET SCHEMA {}").format(sql.Identifier(table), target))
+    conn.execute(sql.SQL("ALTER VIEW public.transcript_chunks SET SCHEMA {}").format(target))
+    conn.execute(sql.SQL("ALTER FUNCTION public.embed_assets_recording_deleted() SET SCHEMA {}").format(target))
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    schema = schema_name()
+    if conn.execute("SELECT to_regclass(%s)", (f"{schema}.schema_migrations",)).fetchone()[0] is None:
+        return 0
+    row = conn.execute(q(conn, "SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def vector_dimension(conn: psycopg.Connection) -> int | None:
+    """The declared dimension of chunk_vectors.embedding, or None when the table does not exist."""
+    row = conn.execute(
+        """SELECT a.atttypmod FROM pg_attribute a
+           WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding'""",
+        (f"{schema_name()}.chunk_vectors",),
+    ).fetchone()
+    return int(row[0]) if row and row[0] and row[0] > 0 else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
