@@ -174,7 +174,7 @@ def transcript_from_obj(obj: Any, where: str) -> tuple[Transcript | None, list[I
 
 
 def _no_speech(rid: str, turns: int) -> str:
-    return f"recording {rid!r} has no speech to embed: all {turns} turn(s) are empty or non-speech; nothing loaded"
+    return f"recording {rid!r} has no speech to embed: all {turns} turn(s) are empty or non-speech"
 
 
 def _skipped_warning(where: str, skipped: list[int]) -> InputProblem:
