@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -84,6 +85,30 @@ def test_speaker_aware_content_and_short_turns_merged() -> None:
     (c,) = chunk_segments(segs, ChunkParams(100, 10), token_counter("minilm"))
     assert c.content == "Dana: Hi.\nLee: Hello. How are you?\nDana: Fine."
     assert c.speakers == ("Dana", "Lee") and (c.first_seq, c.last_seq, c.start_s, c.end_s) == (0, 3, 0, 4)
+
+
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(80, 20), (40, 0)])
+def test_first_and_last_seq_are_source_positions_where_turns_were_skipped(max_tokens: int, overlap: int) -> None:
+    plain = transcript(2, minutes=10)
+    seqs = [3 * i + 1 for i in range(len(plain))]  # turns 0, 2, 3, 5, 6, ... were skipped at import
+    gapped = tuple(replace(s, seq=q) for s, q in zip(plain, seqs, strict=True))
+    params, counter = ChunkParams(max_tokens, overlap), token_counter("minilm")
+    by_position, by_seq = chunk_segments(plain, params, counter), chunk_segments(gapped, params, counter)
+    assert len(by_seq) > 5
+    # Same chunks; only the citations differ, and they name the segments' own seqs.
+    assert [replace(c, first_seq=seqs[c.first_seq], last_seq=seqs[c.last_seq]) for c in by_position] == by_seq
+    assert {c.first_seq for c in by_seq} | {c.last_seq for c in by_seq} <= set(seqs)
+
+
+def test_a_chunk_cites_the_source_turns_it_holds() -> None:
+    segs = (
+        Segment("Dana", "Hi.", 0, 1, seq=1),
+        Segment("Lee", "Hello.", 3, 4, seq=4),
+        Segment("Dana", "Bye.", 5, 6, seq=9),
+    )
+    (c,) = chunk_segments(segs, ChunkParams(100, 10), token_counter("minilm"))
+    assert c.content == "Dana: Hi.\nLee: Hello.\nDana: Bye."
+    assert (c.first_seq, c.last_seq, c.start_s, c.end_s) == (1, 9, 0, 6)
 
 
 def test_a_turn_longer_than_a_chunk_is_split_between_words() -> None:

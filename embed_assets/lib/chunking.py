@@ -6,7 +6,8 @@ chunk unless the current one is under half full, in which case the turn is split
 never split, except a single "word" longer than a fifth of a chunk (a URL, base64 junk), cut into pieces
 so that no chunk can exceed its bound. The next chunk starts with the last ``overlap`` tokens (whole words)
 of the previous one. Every chunk's ``token_count`` is the exact count of its content by the model's
-tokenizer, and never exceeds ``max_tokens``.
+tokenizer, and never exceeds ``max_tokens``. A chunk's ``first_seq``/``last_seq`` are its segments' own
+``seq`` (source positions, which have gaps where turns without speech were skipped).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def content_hash(text: str) -> str:
 
 @dataclass(frozen=True)
 class _Word:
-    seq: int
+    pos: int  # index of its segment in the list given to chunk_segments (not the segment's seq)
     text: str
     tokens: int
 
@@ -70,7 +71,7 @@ def _render(words: Sequence[_Word], segments: Sequence[Segment]) -> str:
     lines: list[str] = []
     speaker: str | None = None
     for w in words:
-        s = segments[w.seq].speaker
+        s = segments[w.pos].speaker
         if s != speaker:
             lines.append(f"{s}: {w.text}")
             speaker = s
@@ -81,27 +82,29 @@ def _render(words: Sequence[_Word], segments: Sequence[Segment]) -> str:
 
 def _words(segments: Sequence[Segment], counter: TokenCounter, max_piece: int) -> list[_Word]:
     raw: list[tuple[int, str]] = []
-    for seq, seg in enumerate(segments):
+    for pos, seg in enumerate(segments):
         for word in seg.text.split():
-            raw.append((seq, word))
+            raw.append((pos, word))
     unique = sorted({w for _, w in raw})
     counts = dict(zip(unique, counter.count_many([f" {w}" for w in unique]), strict=True))
     words: list[_Word] = []
-    for seq, w in raw:
+    for pos, w in raw:
         n = counts[w]
         if n <= max_piece:
-            words.append(_Word(seq, w, n))
+            words.append(_Word(pos, w, n))
             continue
         # A monster "word": cut it into pieces of at most max_piece tokens (by characters, then verified).
         step = max(1, len(w) * max_piece // (n * 2))
         for i in range(0, len(w), step):
             piece = w[i : i + step]
-            words.append(_Word(seq, piece, counter.count(f" {piece}")))
+            words.append(_Word(pos, piece, counter.count(f" {piece}")))
     return words
 
 
 def chunk_segments(segments: Sequence[Segment], params: ChunkParams, counter: TokenCounter) -> list[Chunk]:
-    """Chunk a transcript's segments (seq = position). Returns chunks in order, indexed from 0."""
+    """Chunk a transcript's segments, in order. Returns chunks in order, indexed from 0. A segment without a
+    ``seq`` counts as being at its position in ``segments``."""
+    seqs = [i if seg.seq is None else seg.seq for i, seg in enumerate(segments)]
     words = _words(segments, counter, max(1, params.max_tokens // 5))
     # Cost of a speaker's "Name:" prefix and the newline before it, per speaker.
     prefix_cost = {
@@ -118,12 +121,12 @@ def chunk_segments(segments: Sequence[Segment], params: ChunkParams, counter: To
         j, cost, speaker = i, 0, None
         boundary, boundary_cost = None, 0
         while j < n:
-            s = segments[words[j].seq].speaker
+            s = segments[words[j].pos].speaker
             add = words[j].tokens + (prefix_cost[s] if s != speaker else 0)
             if cost + add > params.max_tokens and j > i:
                 break
             cost, speaker, j = cost + add, s, j + 1
-            if j == n or words[j].seq != words[j - 1].seq:
+            if j == n or words[j].pos != words[j - 1].pos:
                 boundary, boundary_cost = j, cost
         if j < n and boundary is not None and boundary_cost >= params.max_tokens // 2:
             j = boundary  # close at a turn boundary rather than split the next turn
@@ -133,16 +136,16 @@ def chunk_segments(segments: Sequence[Segment], params: ChunkParams, counter: To
             j -= 1
             content = _render(words[i:j], segments)
             tokens = counter.count(content)
-        first, last = words[i].seq, words[j - 1].seq
+        first, last = words[i].pos, words[j - 1].pos
         chunks.append(
             Chunk(
                 chunk_index=len(chunks),
                 content=content,
-                first_seq=first,
-                last_seq=last,
+                first_seq=seqs[first],
+                last_seq=seqs[last],
                 start_s=segments[first].start_s,
                 end_s=segments[last].end_s,
-                speakers=tuple(dict.fromkeys(segments[w.seq].speaker for w in words[i:j])),
+                speakers=tuple(dict.fromkeys(segments[w.pos].speaker for w in words[i:j])),
                 token_count=tokens,
             )
         )

@@ -17,7 +17,7 @@ class Integrity:
     orphan_vectors: int  # vector whose chunk (text) no longer exists
     zero_vectors: int
     chunk_count_mismatch: int  # recordings whose chunk rows differ from their plan's count
-    coverage_gaps: int  # recordings whose chunks skip a segment or miss the first/last one
+    coverage_gaps: int  # recordings with a stored segment no chunk covers, or a chunk not bounded by stored ones
     examples: list[str]
 
     @property
@@ -75,19 +75,40 @@ def check_integrity(conn: psycopg.Connection, model_id: str) -> Integrity:
         ),
         p,
     ).fetchall()
+    # Coverage of the recordings chunked from their current transcript, against the segments actually
+    # stored (their seqs have gaps where turns without speech were skipped at import, so 0..segment_count-1
+    # means nothing). A recording has a gap when a chunk starts or ends at a seq that is not a stored
+    # segment, or when a stored segment lies in no chunk's [first_seq, last_seq]: before a chunk's start yet
+    # after every earlier chunk's end (`reach`), or after the end of all of them. Index probes per chunk,
+    # not a scan of every segment: ~0.5 s for 3,000 recordings of 300 segments and 30 chunks here (a sweep
+    # over all segments in seq order took 1.2 s).
     gaps = conn.execute(
         q(
             conn,
-            """WITH ordered AS (
-               SELECT recording_id, chunk_index, first_seq, last_seq,
-                      lag(last_seq) OVER (PARTITION BY recording_id ORDER BY chunk_index) AS prev_last
-               FROM {s}.chunks WHERE model = %(m)s)
-           SELECT o.recording_id FROM ordered o JOIN {s}.recordings r USING (recording_id)
-           JOIN {s}.chunk_plans cp ON cp.recording_id = o.recording_id AND cp.model = %(m)s
-                               AND cp.source_hash = r.content_hash
-           GROUP BY o.recording_id, r.segment_count
-           HAVING min(o.first_seq) <> 0 OR max(o.last_seq) <> r.segment_count - 1
-               OR bool_or(o.prev_last IS NOT NULL AND o.first_seq > o.prev_last + 1)""",
+            """WITH cur AS (
+               SELECT r.recording_id FROM {s}.recordings r
+               JOIN {s}.chunk_plans cp ON cp.recording_id = r.recording_id AND cp.model = %(m)s
+                                   AND cp.source_hash = r.content_hash),
+           spans AS (
+               SELECT c.recording_id, c.first_seq, c.last_seq,
+                      coalesce(max(c.last_seq) OVER (PARTITION BY c.recording_id ORDER BY c.first_seq, c.last_seq
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), -1) AS reach
+               FROM {s}.chunks c JOIN cur USING (recording_id) WHERE c.model = %(m)s),
+           ends AS (
+               SELECT cur.recording_id, coalesce(max(c.last_seq), -1) AS reach FROM cur
+               LEFT JOIN {s}.chunks c ON c.recording_id = cur.recording_id AND c.model = %(m)s
+               GROUP BY cur.recording_id)
+           SELECT sp.recording_id FROM spans sp
+           WHERE sp.first_seq > sp.last_seq
+              OR NOT EXISTS (SELECT 1 FROM {s}.transcript_segments s
+                             WHERE s.recording_id = sp.recording_id AND s.seq = sp.first_seq)
+              OR NOT EXISTS (SELECT 1 FROM {s}.transcript_segments s
+                             WHERE s.recording_id = sp.recording_id AND s.seq = sp.last_seq)
+              OR EXISTS (SELECT 1 FROM {s}.transcript_segments s
+                         WHERE s.recording_id = sp.recording_id AND s.seq > sp.reach AND s.seq < sp.first_seq)
+           UNION
+           SELECT e.recording_id FROM ends e
+           WHERE (SELECT max(s.seq) FROM {s}.transcript_segments s WHERE s.recording_id = e.recording_id) > e.reach""",
         ),
         p,
     ).fetchall()

@@ -58,8 +58,8 @@ def upsert_transcript(conn: psycopg.Connection, t: Transcript) -> LoadStatus:
         with conn.cursor().copy(
             q(conn, "COPY {s}.transcript_segments (recording_id, seq, speaker, start_s, end_s, text) FROM STDIN")
         ) as copy:
-            for seq, s in enumerate(t.segments):
-                copy.write_row((t.recording_id, seq, s.speaker, s.start_s, s.end_s, s.text))
+            for s in t.segments:  # seq: the turn's source position (gaps where turns without speech were skipped)
+                copy.write_row((t.recording_id, s.seq, s.speaker, s.start_s, s.end_s, s.text))
     return "loaded" if row is None else "changed"
 
 
@@ -82,7 +82,7 @@ def read_recording(conn: psycopg.Connection, recording_id: str) -> SourceRecordi
         segs = conn.execute(
             q(
                 conn,
-                """SELECT speaker, text, start_s, end_s FROM {s}.transcript_segments
+                """SELECT speaker, text, start_s, end_s, seq FROM {s}.transcript_segments
                WHERE recording_id = %s ORDER BY seq""",
             ),
             (recording_id,),

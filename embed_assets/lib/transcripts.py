@@ -2,7 +2,9 @@
 
 Every problem becomes an `InputProblem` naming the file (and line or segment) and what to change; a file's
 good records are still returned. NUL bytes and other control characters are *stripped* from text (Postgres
-text cannot hold NUL, and one stray byte should not cost a whole call) and reported as warnings.
+text cannot hold NUL, and one stray byte should not cost a whole call) and reported as warnings. Turns with
+no speech (empty, blank, or only annotation markers: see `is_non_speech`) are *skipped*, with one warning
+per recording; the turns kept keep their source position as `seq`, so citations match the source.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,18 @@ SUFFIXES = (".json", ".jsonl", ".vtt", ".srt")
 # Substrings Dagster partition keys cannot hold, plus the characters its CLI and multi-partitions reserve.
 _FORBIDDEN_ID_PARTS = ("...", ",", "|", "[", "]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_LISTED_TURNS = 20  # turn numbers named in a "skipped" warning; the count is always complete
+# Annotation markers transcribers write in place of (or around) speech: {vocalsound}, {disfmarker}, [Laughter.],
+# <noise>, (inaudible), music notes. Parentheses count only around a single word: "(I think so)" is often a
+# transcriber's uncertain hearing of real speech, and dropping speech is worse than embedding a stray marker.
+_MARKERS = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>|\(\s*[^\s()]*\s*\)|[♩♪♫♬]")
+
+
+def is_non_speech(text: str) -> bool:
+    """True when a turn carries no speech: once annotation markers (``{gap}``, ``[Laughter.]``, ``<noise>``,
+    ``(inaudible)``, ``♪``) are removed, no letter or digit is left. Empty and whitespace-only text is
+    non-speech; ``"[laughs] Yes."`` and ``"Mm-hmm."`` are speech."""
+    return not any(ch.isalnum() for ch in _MARKERS.sub(" ", text))
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,7 @@ class Segment:
     text: str
     start_s: float | None = None
     end_s: float | None = None
+    seq: int | None = None  # 0-based position in the source; None: its position in the Transcript built from it
 
 
 @dataclass(frozen=True)
@@ -41,12 +57,25 @@ class Transcript:
     started_at: datetime | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:
+        seqs = [i if s.seq is None else s.seq for i, s in enumerate(self.segments)]
+        if (seqs and seqs[0] < 0) or any(b <= a for a, b in pairwise(seqs)):
+            raise ValueError(f"recording {self.recording_id!r}: segment seqs must increase from 0 or more, got {seqs}")
+        segments = tuple(s if s.seq == q else replace(s, seq=q) for s, q in zip(self.segments, seqs, strict=True))
+        object.__setattr__(self, "segments", segments)
+
     @property
     def content_hash(self) -> str:
-        """Hash of what the embeddings depend on: the segments (speaker, text, times), in order."""
+        """Hash of what the embeddings and citations depend on: the segments (speaker, text, times, seq), in
+        order. The seq is hashed only where it differs from the list position (a turn before it was
+        skipped): a changed skip pattern is a change, and recordings without skips keep the hash they had
+        before segments carried their seq (so upgrading re-chunks nothing)."""
         h = hashlib.sha256()
-        for s in self.segments:
-            h.update(json.dumps([s.speaker, s.text, s.start_s, s.end_s], ensure_ascii=False).encode())
+        for i, s in enumerate(self.segments):
+            fields: list[object] = [s.speaker, s.text, s.start_s, s.end_s]
+            if s.seq != i:
+                fields.append(s.seq)
+            h.update(json.dumps(fields, ensure_ascii=False).encode())
             h.update(b"\n")
         return h.hexdigest()
 
@@ -123,19 +152,40 @@ def transcript_from_obj(obj: Any, where: str) -> tuple[Transcript | None, list[I
             started_at = datetime.fromisoformat(str(obj["started_at"]).replace("Z", "+00:00"))
         except ValueError:
             return None, [InputProblem(where, f'"started_at" {obj["started_at"]!r} is not an ISO 8601 time')]
+    if not raw_segments:
+        return None, [InputProblem(where, "empty transcript: no segments; nothing to embed")]
     segments: list[Segment] = []
+    skipped: list[int] = []
     problems: list[InputProblem] = []
     for i, seg in enumerate(raw_segments):
         try:
-            segments.append(_segment_from_obj(seg, f"{where} segment {i}", problems))
+            segment = _segment_from_obj(seg, i, f"{where} segment {i}", problems)
         except ValueError as e:
             return None, [*problems, InputProblem(f"{where} segment {i}", str(e))]
+        if segment is None:
+            skipped.append(i)
+        else:
+            segments.append(segment)
     if not segments:
-        return None, [InputProblem(where, "empty transcript: no segments; nothing to embed")]
+        return None, [*problems, InputProblem(where, _no_speech(rid, len(raw_segments)))]
+    if skipped:
+        problems.append(_skipped_warning(where, skipped))
     return Transcript(rid, tuple(segments), title, started_at, where), problems
 
 
-def _segment_from_obj(seg: Any, where: str, problems: list[InputProblem]) -> Segment:
+def _no_speech(rid: str, turns: int) -> str:
+    return f"recording {rid!r} has no speech to embed: all {turns} turn(s) are empty or non-speech"
+
+
+def _skipped_warning(where: str, skipped: list[int]) -> InputProblem:
+    """The one warning of a recording with skipped turns: how many, and (up to MAX_LISTED_TURNS) which."""
+    listed = ", ".join(str(i) for i in skipped[:MAX_LISTED_TURNS])
+    if len(skipped) > MAX_LISTED_TURNS:
+        listed += f", ... ({len(skipped) - MAX_LISTED_TURNS} more)"
+    return InputProblem(where, f"skipped {len(skipped)} turn(s) with no speech: {listed}", fatal=False)
+
+
+def _segment_from_obj(seg: Any, seq: int, where: str, problems: list[InputProblem]) -> Segment | None:
     if not isinstance(seg, dict):
         raise ValueError(f"expected an object with speaker and text, got {type(seg).__name__}")
     text = seg.get("text")
@@ -148,25 +198,29 @@ def _segment_from_obj(seg: Any, where: str, problems: list[InputProblem]) -> Seg
         speaker = "unknown"
     if not isinstance(speaker, str):
         raise ValueError(f'"speaker" must be a string, got {type(speaker).__name__}')
-    return _make_segment(speaker, text, seg.get("start_s"), seg.get("end_s"), where, problems)
+    return _make_segment(seq, speaker, text, seg.get("start_s"), seg.get("end_s"), where, problems)
 
 
-def _make_segment(speaker: str, text: str, start: Any, end: Any, where: str, problems: list[InputProblem]) -> Segment:
+def _make_segment(
+    seq: int, speaker: str, text: str, start: Any, end: Any, where: str, problems: list[InputProblem]
+) -> Segment | None:
+    """The turn at source position `seq`, or None when it has no speech (the caller skips and reports it;
+    a skipped turn's times and stray characters are not checked: nothing of it is stored)."""
     if len(text) > MAX_SEGMENT_CHARS:
         raise ValueError(
             f"segment text is {len(text):,} characters; the limit is {MAX_SEGMENT_CHARS:,}. "
             "Split the turn into several segments"
         )
     text, removed = clean_text(text)
+    if is_non_speech(text):
+        return None
     speaker, removed_sp = clean_text(speaker)
     if removed or removed_sp:
         problems.append(InputProblem(where, f"stripped {removed + removed_sp} control character(s)", False))
-    if not text.strip():
-        raise ValueError("segment has no text; drop the segment or fill in its text")
     start_s, end_s = _number(start, "start_s"), _number(end, "end_s")
     if start_s is not None and end_s is not None and end_s < start_s:
         raise ValueError(f"end_s {end_s} is before start_s {start_s}")
-    return Segment(speaker.strip() or "unknown", text.strip(), start_s, end_s)
+    return Segment(speaker.strip() or "unknown", text.strip(), start_s, end_s, seq)
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -223,7 +277,8 @@ def _seconds(stamp: str) -> float:
 
 def _cues(path: Path, text: str, vtt: bool) -> Parsed:
     """WebVTT and SRT: blocks separated by blank lines, a `start --> end` line, then the cue text.
-    The speaker comes from a WebVTT voice tag (<v Dana>) or a `Name: ` prefix; else "unknown"."""
+    The speaker comes from a WebVTT voice tag (<v Dana>) or a `Name: ` prefix; else "unknown".
+    A cue's seq is its 0-based position among the file's cues, counting the skipped ones."""
     out = Parsed()
     rid = path.stem
     if (err := validate_recording_id(rid)) is not None:
@@ -234,13 +289,14 @@ def _cues(path: Path, text: str, vtt: bool) -> Parsed:
         out.problems.append(InputProblem(f"{path}:1", 'not a WebVTT file: the first line must be "WEBVTT"'))
         return out
     segments: list[Segment] = []
+    skipped: list[int] = []
     problems: list[InputProblem] = []
-    i = 0
+    i, seq = 0, -1
     while i < len(lines):
         if "-->" not in lines[i]:
             i += 1
             continue
-        lineno = i + 1
+        lineno, seq = i + 1, seq + 1
         start_raw, _, rest = lines[i].partition("-->")
         try:
             start_s, end_s = _seconds(start_raw), _seconds(rest.strip().split(" ")[0])
@@ -259,18 +315,25 @@ def _cues(path: Path, text: str, vtt: bool) -> Parsed:
         cue = _TAG.sub("", cue).strip()
         if speaker == "unknown" and (m := _SPEAKER_PREFIX.match(cue)):
             speaker, cue = m.group(1).strip(), m.group(2).strip()
-        if not cue:
-            continue  # an empty cue carries nothing to embed
         try:
-            segments.append(_make_segment(speaker, cue, start_s, end_s, f"{path}:{lineno}", problems))
+            segment = _make_segment(seq, speaker, cue, start_s, end_s, f"{path}:{lineno}", problems)
         except ValueError as e:
             out.problems.extend(problems)
             out.problems.append(InputProblem(f"{path}:{lineno}", str(e)))
             return out
+        if segment is None:
+            skipped.append(seq)
+        else:
+            segments.append(segment)
     out.problems.extend(problems)
-    if not segments:
-        out.problems.append(InputProblem(str(path), "empty transcript: no cues with text"))
+    if seq < 0:
+        out.problems.append(InputProblem(str(path), "empty transcript: no cues; nothing to embed"))
         return out
+    if not segments:
+        out.problems.append(InputProblem(str(path), _no_speech(rid, seq + 1)))
+        return out
+    if skipped:
+        out.problems.append(_skipped_warning(str(path), skipped))
     out.transcripts.append(Transcript(rid, tuple(segments), None, None, str(path)))
     return out
 
