@@ -264,27 +264,71 @@ def embed(
         raise typer.Exit(1)
 
 
-@app.command()
-def search(
-    query: Annotated[str, typer.Argument(help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", help="How many results.", min=1, max=1000)] = 5,
-    recording: Annotated[str | None, typer.Option(help="Only this recording.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines output.")] = False,
-) -> None:
-    """Semantic search over the embedded chunks (cosine, HNSW)."""
+def _query_embedder():
+    """A function embedding query texts with the configured model (checked against the active model)."""
     from embed_assets.defs.resources import EmbedderResource
-    from embed_assets.lib.search import search as knn
     from embed_assets.lib.tokenizers import token_counter
 
     emb = EmbedderResource()
     spec = emb.spec()
-    client = emb.build(batch_size=1, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
-    try:
-        vec = client.embed([query], [token_counter(spec.tokenizer).count(query)]).vectors[0]
-    finally:
-        client.close()
+    counter = token_counter(spec.tokenizer)
+
+    def embed(texts: list[str]):
+        client = emb.build(batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
+        try:
+            return list(client.embed(texts, counter.count_many(texts)).vectors)
+        finally:
+            client.close()
+
+    return spec, embed
+
+
+def _check_active(conn, model_id: str) -> None:
+    from embed_assets.lib.search.query import active_model
+
+    active = active_model(conn)
+    if active is not None and active != model_id:
+        _die(
+            f"search serves the active model {active!r}, but EMBED_PROVIDER/EMBED_MODEL/EMBED_DIMENSIONS name "
+            f"{model_id!r}; set them to the active model to embed the query the same way"
+        )
+
+
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="What to look for (omit with --batch).")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many results.", min=1, max=1000)] = 5,
+    recording: Annotated[str | None, typer.Option(help="Only this recording.")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid (words and meaning), vector or text.")] = "hybrid",
+    batch: Annotated[
+        Path | None, typer.Option(help='JSON lines {"query", "recording_id"?, "k"?}; one result line per query.')
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines output.")] = False,
+) -> None:
+    """Search the embedded chunks of the active model: hybrid full-text + vector fusion by default."""
+    from embed_assets.lib.search.query import MODES
+    from embed_assets.lib.search.query import search as run_search
+
+    if mode not in MODES:
+        _die(f"--mode {mode!r} is not known; use one of {', '.join(MODES)}")
+    if (query is None) == (batch is None):
+        _die("give a QUERY or --batch FILE.jsonl (not both)")
+    spec, embed = _query_embedder()
+    if batch is not None:
+        from embed_assets.lib.search.batch import parse_queries, run_batch
+
+        if not batch.is_file():
+            _die(f"no such file: {batch}")
+        queries = parse_queries(batch.read_text(encoding="utf-8").splitlines(), str(batch), k)
+        with _connect_migrated() as conn:
+            _check_active(conn, spec.model_id)
+            for result in run_batch(conn, queries, embed, mode):  # type: ignore[arg-type]
+                print(json.dumps(result, ensure_ascii=False), flush=True)
+        return
+    vec = embed([query])[0] if mode != "text" else None
     with _connect_migrated() as conn:
-        hits = knn(conn, vec, spec.model_id, k, recording)
+        _check_active(conn, spec.model_id)
+        hits = run_search(conn, vec, query, k, recording, mode)  # type: ignore[arg-type]
     if as_json:
         for h in hits:
             print(json.dumps(h.as_dict(), ensure_ascii=False))
@@ -299,6 +343,37 @@ def search(
             highlight=False,
         )
         out.print("   " + h.content[:300].replace("\n", "\n   "), highlight=False, markup=False)
+
+
+@app.command("eval")
+def eval_(
+    queries: Annotated[Path, typer.Argument(help='Labelled questions: JSON lines {"recording_id", "query", "spans"}.')],
+    load: Annotated[
+        Path | None,
+        typer.Option(help="Transcripts to load into a fresh database first (else: the store as it is, read-only)."),
+    ] = None,
+    out_json: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """Retrieval quality: recall@1/3/5/10 and MRR of every search mode beside a plain recipe and random chunks."""
+    from embed_assets.evaluation import run_eval
+
+    report = run_eval(queries, load, progress=lambda m: err.print(m, highlight=False))
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(report.as_dict(), indent=2))
+    header = f"{'method':<18} {'split':<9} {'queries':>7} " + " ".join(f"{'R@' + str(k):>6}" for k in (1, 3, 5, 10))
+    out.print(header + f" {'MRR':>6}", highlight=False)
+    for method, splits in report.methods.items():
+        for split, m in splits.items():
+            out.print(
+                f"{method:<18} {split:<9} {m['queries']:>7} "
+                + " ".join(f"{m[f'recall@{k}']:>6.3f}" for k in (1, 3, 5, 10))
+                + f" {m['mrr']:>6.3f}",
+                highlight=False,
+            )
+    for mode, lat in report.latency_ms.items():
+        out.print(f"search latency {mode}: p50 {lat['p50']} ms, p95 {lat['p95']} ms", highlight=False)
+    out.print(", ".join(f"{k} {v}" for k, v in report.facts.items()), highlight=False)
 
 
 @app.command()

@@ -58,7 +58,7 @@ def db_url(embed_home: Path) -> str:
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     """A connection to an emptied vector store (all source and output rows removed)."""
     with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute("TRUNCATE embed_assets.recordings CASCADE")
+        c.execute("TRUNCATE embed_assets.recordings, embed_assets.active_model CASCADE")
         yield c
 
 

@@ -171,7 +171,7 @@ def test_search_returns_the_design_fields(conn: psycopg.Connection, fake_openai)
     ).fetchone()[0]
     env = {k: os.environ[k] for k in ("EMBED_PROVIDER", "EMBED_MODEL", "EMBED_DIMENSIONS", "OPENAI_BASE_URL")}
     env["OPENAI_API_KEY"] = fake_openai.api_key
-    proc = cli("search", target, "-k", "3", "--json", env=env, check=True)
+    proc = cli("search", target, "-k", "3", "--json", "--mode", "vector", env=env, check=True)
     hits = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(hits) == 3
     assert list(hits[0]) == [
@@ -187,5 +187,8 @@ def test_search_returns_the_design_fields(conn: psycopg.Connection, fake_openai)
     ]
     assert (hits[0]["recording_id"], hits[0]["chunk_index"]) == ("s2", 3) and hits[0]["score"] == pytest.approx(1.0)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    hybrid = cli("search", target, "-k", "3", "--json", env=env, check=True)  # the default mode
+    first = json.loads(hybrid.stdout.splitlines()[0])
+    assert (first["recording_id"], first["chunk_index"]) == ("s2", 3)  # first by meaning and by words
     only = cli("search", target, "-k", "5", "--recording", "s1", "--json", env=env, check=True)
     assert {json.loads(line)["recording_id"] for line in only.stdout.splitlines()} == {"s1"}

@@ -40,7 +40,11 @@ def test_missing_key_for_openai(db_url: str) -> None:
 def test_unreachable_database() -> None:
     url = "postgresql://nobody:secret-pw@127.0.0.1:1/none"
     report = check_configuration(MINI, lambda: url, False)
-    assert not report.ok and "cannot reach the vector database" in report.problems[0]
+    assert (
+        not report.ok
+        and "cannot reach the database" in report.problems[0]
+        and "EMBED_DATABASE_URL" in report.problems[0]
+    )
     assert "secret-pw" not in report.problems[0] and "EMBED_DATABASE_URL" in report.problems[0]
 
 

@@ -327,7 +327,7 @@ def test_wrong_dimension_is_refused_before_writing(conn: psycopg.Connection) -> 
 @pytest.mark.parametrize("name", ["bit", "halfvec", "vector"])
 def test_search_finds_the_exact_chunk_under_every_index_strategy(conn: psycopg.Connection, name: str) -> None:
     from embed_assets.lib.indexes import DEFAULT_INDEX, create_index, current_strategy
-    from embed_assets.lib.search import search
+    from embed_assets.lib.search.query import search
 
     for rid in ("r1", "r2", "r3"):
         upsert_transcript(conn, transcript(rid, 40, variant=rid))
@@ -338,10 +338,10 @@ def test_search_finds_the_exact_chunk_under_every_index_strategy(conn: psycopg.C
             "SELECT chunk_index, content FROM embed_assets.chunks WHERE recording_id = 'r2' "
             "ORDER BY chunk_index DESC LIMIT 1"
         ).fetchone()
-        hits = search(conn, vector_for(target, 384), SPEC.model_id, k=5)
+        hits = search(conn, vector_for(target, 384), None, k=5, mode="vector")
         assert (hits[0].recording_id, hits[0].chunk_index) == ("r2", last) and hits[0].score == pytest.approx(1.0)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True) and len(hits) == 5
-        only = search(conn, vector_for(target, 384), SPEC.model_id, k=3, recording_id="r3")
+        only = search(conn, vector_for(target, 384), None, k=3, recording_id="r3", mode="vector")
         assert len(only) == 3 and {h.recording_id for h in only} == {"r3"}
     finally:
         create_index(conn, DEFAULT_INDEX, 384)

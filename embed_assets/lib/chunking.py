@@ -1,8 +1,9 @@
 """Token-aware, speaker-aware chunking of a transcript, with overlap. Deterministic; no I/O.
 
-A chunk's content is one line per speaker turn, ``Speaker: words...`` (consecutive segments of the same
-speaker share a line). Whole turns are packed while they fit; a turn that does not fit starts the next
-chunk unless the current one is under half full, in which case the turn is split between words. Words are
+A chunk's content is one line per speaker turn, ``Speaker: words...``, without annotation markers such as
+``{vocalsound}`` (consecutive segments of the same speaker share a line). Whole turns are packed while they
+fit; a turn that does not fit starts the next chunk unless the current one is under half full, in which case
+the turn is split between words. Words are
 never split, except a single "word" longer than a fifth of a chunk (a URL, base64 junk), cut into pieces
 so that no chunk can exceed its bound. The next chunk starts with the last ``overlap`` tokens (whole words)
 of the previous one. Every chunk's ``token_count`` is the exact count of its content by the model's
@@ -17,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embed_assets.lib.tokenizers import TokenCounter
-from embed_assets.lib.transcripts import Segment
+from embed_assets.lib.transcripts import Segment, strip_markers
 
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: annotation markers ({vocalsound}, [Laughter.]) left out of chunk text
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _render(words: Sequence[_Word], segments: Sequence[Segment]) -> str:
 def _words(segments: Sequence[Segment], counter: TokenCounter, max_piece: int) -> list[_Word]:
     raw: list[tuple[int, str]] = []
     for pos, seg in enumerate(segments):
-        for word in seg.text.split():
+        for word in strip_markers(seg.text).split():
             raw.append((pos, word))
     unique = sorted({w for _, w in raw})
     counts = dict(zip(unique, counter.count_many([f" {w}" for w in unique]), strict=True))

@@ -102,4 +102,7 @@ def create_index(conn: psycopg.Connection, name: str, dim: int) -> IndexStrategy
         conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
         conn.execute(q(conn, "DROP INDEX IF EXISTS {s}.{name}", name=sql.Identifier(INDEX_NAME)))
         conn.execute(s.ddl(conn, dim))
+        from embed_assets.lib.search.function import refresh_search_function  # it builds on the strategies here
+
+        refresh_search_function(conn, dim, s)
     return s

@@ -273,6 +273,11 @@ def write_vectors(
                 for idx, (h, vec) in items[start : start + insert_batch_size]:
                     copy.write_row((plan.recording_id, plan.model_id, idx, h, vec))
             statements += 1
+        if statements:  # the first vectors of a database make their model the active one
+            conn.execute(
+                q(conn, "INSERT INTO {s}.active_model (model, dimension) VALUES (%s, %s) ON CONFLICT DO NOTHING"),
+                (plan.model_id, dim or len(next(iter(rows.values()))[1])),
+            )
         conn.execute(
             q(conn, "DELETE FROM {s}.recording_errors WHERE recording_id = %s AND model = %s"),
             (plan.recording_id, plan.model_id),

@@ -33,6 +33,13 @@ MAX_LISTED_TURNS = 20  # turn numbers named in a "skipped" warning; the count is
 _MARKERS = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>|\(\s*[^\s()]*\s*\)|[♩♪♫♬]")
 
 
+def strip_markers(text: str) -> str:
+    """The words of a turn without its annotation markers: what is worth embedding. Markers carry no meaning a
+    question can match and cost tokens of the model's short window (on the development set, stripping them
+    from chunk text raised recall@5 from 0.78 to 0.85; README "Search"). The stored turn keeps them."""
+    return _MARKERS.sub(" ", text)
+
+
 def is_non_speech(text: str) -> bool:
     """True when a turn carries no speech: once annotation markers (``{gap}``, ``[Laughter.]``, ``<noise>``,
     ``(inaudible)``, ``♪``) are removed, no letter or digit is left. Empty and whitespace-only text is

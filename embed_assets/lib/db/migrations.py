@@ -202,12 +202,44 @@ def _locked_down(conn: psycopg.Connection, dim: int) -> None:
     lock_down(conn)
 
 
+def _search(conn: psycopg.Connection, dim: int) -> None:
+    from embed_assets.lib.indexes import current_strategy  # lib/search builds on lib/indexes and this module
+    from embed_assets.lib.search.function import HIT_TYPE, TEXT_CONFIG, refresh_search_function
+
+    # Full text over the chunk text, speaker names included ("Dana: ..."), kept by Postgres itself.
+    _x(
+        conn,
+        f"""ALTER TABLE {{s}}.chunks ADD COLUMN fts tsvector
+            GENERATED ALWAYS AS (to_tsvector('{TEXT_CONFIG}'::regconfig, content)) STORED""",
+    )
+    _x(conn, "CREATE INDEX chunks_fts_idx ON {s}.chunks USING gin (fts)")
+    # The model that serves search (embed_search, `embed-assets search`, the health verdict): one row, set by
+    # the first vectors written (lib/store.py), so every process reads the same answer from the database.
+    _x(
+        conn,
+        """CREATE TABLE {s}.active_model (
+               singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+               model        text NOT NULL,
+               dimension    integer NOT NULL,
+               activated_at timestamptz NOT NULL DEFAULT now())""",
+    )
+    _x(
+        conn,
+        """INSERT INTO {s}.active_model (model, dimension)
+           SELECT model, %s FROM {s}.chunk_vectors GROUP BY model ORDER BY count(*) DESC LIMIT 1""",
+        (dim,),
+    )
+    _x(conn, HIT_TYPE)
+    refresh_search_function(conn, vector_dimension(conn) or dim, current_strategy(conn))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
     Migration(3, "vector tables and transcript_chunks view", _vector_tables),
     Migration(4, "deletion tombstones and per-recording errors", _automation_tables),
     Migration(5, "own schema: row-level security on, no privileges but the owner's", _locked_down),
+    Migration(6, "hybrid search: full-text column and index, active model, embed_search()", _search),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -274,8 +306,15 @@ def _needs_work(conn: psycopg.Connection, schema: str) -> bool:
 def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
     """Apply pending migrations; returns the versions applied by this call (empty when up to date)."""
     schema = schema_name()
-    if not _needs_work(conn, schema):
-        return []
+    try:
+        if not _needs_work(conn, schema):
+            return []
+    except pg_errors.InsufficientPrivilege:
+        user = conn.info.user
+        raise ConfigError(
+            f"role {user!r} has no access to schema {schema!r}; its owner runs: embed-assets grant {user} "
+            "--access runtime (or point EMBED_DATABASE_URL at the owner role)"
+        ) from None
     try:
         return _migrate(conn, schema, dimension)
     except pg_errors.InsufficientPrivilege as e:

@@ -1,0 +1,117 @@
+"""`embed_search`: the one search path, in SQL, for the CLI and for applications (a Supabase RPC, a web app).
+
+``embed_search(query_embedding, query_text, k, recording_id DEFAULT NULL)`` over the active model:
+- both arguments given: **hybrid**, reciprocal rank fusion of the vector ranking and a full-text ranking;
+- ``query_text`` NULL or blank: **vector** only, score = cosine similarity;
+- ``query_embedding`` NULL: **text** only, score = ts_rank_cd.
+The vector side goes through the ANN index in place (lib/indexes.py), so the function is re-created whenever
+the index strategy changes. It runs as the caller (SECURITY INVOKER): it can read only what the caller can,
+and EXECUTE is revoked from PUBLIC (lib/db/migrations.py ``lock_down``; ``embed-assets grant ROLE`` gives it).
+Full text: a stored tsvector of each chunk's content (speaker names included, so "what did Dana say about
+pricing" can use the name), matched as an OR of the query's words (AND semantics finds nothing for most
+questions) and ranked by ts_rank_cd. Constants chosen by measurement on the development set
+(README "Search"); ``make eval`` re-measures them.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from embed_assets.lib.db.names import q
+from embed_assets.lib.indexes import IndexStrategy
+
+TEXT_CONFIG = "english"  # stemming: "pricing" finds "price"; 'simple' measured lower (README "Search")
+RRF_K = 60  # reciprocal rank fusion constant
+VECTOR_WEIGHT = 1.0
+TEXT_WEIGHT = 1.0
+CANDIDATES = 50  # per side, before fusion
+RERANK_CANDIDATES = 200  # coarse candidates of a quantized index, re-ranked by exact cosine
+
+# A named row type, not RETURNS TABLE: its columns would be OUT parameters, and `recording_id` is both an
+# argument and a result column in DESIGN.md's contract.
+HIT_TYPE = """
+CREATE TYPE {s}.search_hit AS (recording_id text, chunk_index integer, content text, first_seq integer,
+                               last_seq integer, start_s double precision, end_s double precision,
+                               speakers text[], score double precision)"""
+
+_FUNCTION = """
+CREATE OR REPLACE FUNCTION {s}.embed_search(
+    query_embedding {v}.vector, query_text text, k integer, recording_id text DEFAULT NULL)
+RETURNS SETOF {s}.search_hit
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = '' AS $fn$
+#variable_conflict use_column
+DECLARE
+    m    text := (SELECT a.model FROM {s}.active_model a);
+    rid  text := embed_search.recording_id;
+    tsq  tsquery;
+    n    integer := greatest(CANDIDATES, k);
+    nc   integer;
+BEGIN
+    IF query_embedding IS NULL AND coalesce(btrim(query_text), '') = '' THEN
+        RAISE EXCEPTION 'embed_search needs a query_embedding, a query_text, or both';
+    END IF;
+    IF coalesce(btrim(query_text), '') <> '' THEN
+        tsq := nullif(replace(plainto_tsquery('TEXT_CONFIG', query_text)::text, ' & ', ' | '), '')::tsquery;
+    END IF;
+    nc := CASE WHEN RERANK THEN greatest(RERANK_CANDIDATES, 20 * n) ELSE n END;
+    PERFORM set_config('hnsw.ef_search', least(1000, greatest(40, nc))::text, true);
+    PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    RETURN QUERY
+    WITH vec AS (
+        SELECT v.recording_id, v.chunk_index, v.content_hash,
+               1 - (v.embedding OPERATOR({v}.<=>) query_embedding) AS sim,
+               row_number() OVER (ORDER BY v.embedding OPERATOR({v}.<=>) query_embedding) AS rnk
+        FROM (SELECT cv.recording_id, cv.chunk_index, cv.content_hash, cv.embedding
+              FROM {s}.chunk_vectors cv
+              WHERE query_embedding IS NOT NULL AND cv.model = m AND (rid IS NULL OR cv.recording_id = rid)
+              ORDER BY COARSE
+              LIMIT nc) v
+        ORDER BY v.embedding OPERATOR({v}.<=>) query_embedding
+        LIMIT n),
+    txt AS (
+        SELECT c.recording_id, c.chunk_index, ts_rank_cd(c.fts, tsq) AS tr,
+               row_number() OVER (ORDER BY ts_rank_cd(c.fts, tsq) DESC, c.recording_id, c.chunk_index) AS rnk
+        FROM {s}.chunks c
+        WHERE tsq IS NOT NULL AND c.model = m AND (rid IS NULL OR c.recording_id = rid) AND c.fts @@ tsq
+        ORDER BY ts_rank_cd(c.fts, tsq) DESC, c.recording_id, c.chunk_index
+        LIMIT n),
+    fused AS (
+        SELECT coalesce(vec.recording_id, txt.recording_id) AS f_rid,
+               coalesce(vec.chunk_index, txt.chunk_index) AS f_idx,
+               vec.content_hash AS f_hash,
+               CASE WHEN tsq IS NULL THEN vec.sim
+                    WHEN query_embedding IS NULL THEN txt.tr
+                    ELSE coalesce(VECTOR_WEIGHT / (RRF_K + vec.rnk), 0) + coalesce(TEXT_WEIGHT / (RRF_K + txt.rnk), 0)
+               END AS f_score
+        FROM vec FULL OUTER JOIN txt ON txt.recording_id = vec.recording_id AND txt.chunk_index = vec.chunk_index)
+    SELECT c.recording_id, c.chunk_index, c.content, c.first_seq, c.last_seq, c.start_s, c.end_s, c.speakers,
+           f.f_score::double precision
+    FROM fused f
+    JOIN {s}.chunks c ON c.recording_id = f.f_rid AND c.model = m AND c.chunk_index = f.f_idx
+                      AND (f.f_hash IS NULL OR c.content_hash = f.f_hash)
+    ORDER BY f.f_score DESC, c.recording_id, c.chunk_index
+    LIMIT k;
+END $fn$"""
+
+
+def search_function_ddl(conn: psycopg.Connection, dim: int, index: IndexStrategy | None) -> sql.Composed:
+    """CREATE OR REPLACE of embed_search for a ``dim``-dimensional table under ``index`` (None: exact)."""
+    coarse = index.order_by(dim) if index else "embedding OPERATOR({v}.<=>) %(q)s"
+    coarse = coarse.replace("%(q)s", "QVEC").replace("embedding", "cv.embedding").replace("QVEC", "query_embedding")
+    body = (
+        _FUNCTION.replace("COARSE", coarse)
+        .replace("TEXT_CONFIG", TEXT_CONFIG)
+        .replace("RERANK_CANDIDATES", str(RERANK_CANDIDATES))
+        .replace("RERANK", "true" if index and index.rerank else "false")
+        .replace("CANDIDATES", str(CANDIDATES))
+        .replace("VECTOR_WEIGHT", repr(float(VECTOR_WEIGHT)))
+        .replace("TEXT_WEIGHT", repr(float(TEXT_WEIGHT)))
+        .replace("RRF_K", str(int(RRF_K)))
+    )
+    return q(conn, body)
+
+
+def refresh_search_function(conn: psycopg.Connection, dim: int, index: IndexStrategy | None) -> None:
+    """Re-create embed_search for the index in place, keeping its privileges (CREATE OR REPLACE does)."""
+    conn.execute(search_function_ddl(conn, dim, index))

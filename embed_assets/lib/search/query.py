@@ -1,0 +1,66 @@
+"""Search from Python: every mode goes through the SQL function `embed_search` (lib/search/function.py), so
+the CLI, the evaluation and an application's RPC rank exactly alike."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import psycopg
+
+from embed_assets.lib.db.connection import register_vector_types
+from embed_assets.lib.db.names import q
+from embed_assets.lib.errors import ConfigError
+
+Mode = Literal["hybrid", "vector", "text"]
+MODES: tuple[str, ...] = ("hybrid", "vector", "text")
+DEFAULT_MODE: Mode = "hybrid"  # the best recall on the development set (README "Search")
+
+
+@dataclass(frozen=True)
+class Hit:
+    recording_id: str
+    chunk_index: int
+    score: float
+    first_seq: int
+    last_seq: int
+    start_s: float | None
+    end_s: float | None
+    speakers: list[str]
+    content: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def active_model(conn: psycopg.Connection) -> str | None:
+    row = conn.execute(q(conn, "SELECT model FROM {s}.active_model")).fetchone()
+    return row[0] if row else None
+
+
+def search(
+    conn: psycopg.Connection,
+    query_vector: np.ndarray | None,
+    query_text: str | None,
+    k: int = 5,
+    recording_id: str | None = None,
+    mode: Mode = DEFAULT_MODE,
+) -> list[Hit]:
+    """The k best chunks of the active model for ``mode``: ``vector`` uses only the embedding (score = cosine
+    similarity), ``text`` only the words (ts_rank_cd), ``hybrid`` fuses both rankings."""
+    if mode not in MODES:
+        raise ConfigError(f"search mode {mode!r} is not known; use one of {', '.join(MODES)}")
+    register_vector_types(conn)
+    vec = None if mode == "text" or query_vector is None else query_vector.astype(np.float32)
+    text = None if mode == "vector" else query_text
+    with conn.transaction():  # embed_search's hnsw settings are transaction-local
+        rows = conn.execute(
+            q(
+                conn,
+                """SELECT recording_id, chunk_index, score, first_seq, last_seq, start_s, end_s, speakers, content
+                   FROM {s}.embed_search(%s::{v}.vector, %s, %s, %s)""",
+            ),
+            (vec, text, k, recording_id),
+        ).fetchall()
+    return [Hit(r[0], r[1], float(r[2]), r[3], r[4], r[5], r[6], list(r[7]), r[8]) for r in rows]
