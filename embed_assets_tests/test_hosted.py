@@ -114,7 +114,7 @@ def test_sample_embed_status_search_sensor_and_schedule_through_the_transaction_
                 instance=instance, scheduled_execution_time=datetime.now(UTC), resources=resources
             )
         )
-        assert list(sched) == [] or all(isinstance(r, dg.SkipReason) for r in sched)
+        assert isinstance(sched, dg.SkipReason) and "0 failed" in str(sched.skip_message)
 
 
 def test_a_worker_without_ddl_rights_runs_once_the_owner_granted_it(

@@ -8,6 +8,7 @@ from typing import Literal
 import psycopg
 
 from embed_assets.lib.db.names import q
+from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.transcripts import Segment, Transcript
 
 LoadStatus = Literal["loaded", "unchanged", "changed"]
@@ -55,11 +56,12 @@ def upsert_transcript(conn: psycopg.Connection, t: Transcript) -> LoadStatus:
                 ),
                 (t.title, t.started_at, new_hash, len(t.segments), t.recording_id),
             )
-        with conn.cursor().copy(
-            q(conn, "COPY {s}.transcript_segments (recording_id, seq, speaker, start_s, end_s, text) FROM STDIN")
-        ) as copy:
-            for s in t.segments:  # seq: the turn's source position (gaps where turns without speech were skipped)
-                copy.write_row((t.recording_id, s.seq, s.speaker, s.start_s, s.end_s, s.text))
+        write_rows(  # seq: the turn's source position (gaps where turns without speech were skipped)
+            conn,
+            "transcript_segments",
+            ("recording_id", "seq", "speaker", "start_s", "end_s", "text"),
+            [(t.recording_id, s.seq, s.speaker, s.start_s, s.end_s, s.text) for s in t.segments],
+        )
     return "loaded" if row is None else "changed"
 
 

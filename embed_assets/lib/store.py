@@ -20,12 +20,28 @@ from embed_assets.lib.chunking import Chunk
 from embed_assets.lib.db.connection import register_vector_types
 from embed_assets.lib.db.migrations import vector_dimension
 from embed_assets.lib.db.names import q
+from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.sources import lock_recording
 
 
 class SourceChangedError(EmbedAssetsError):
     """The recording changed or vanished while we worked on it; the next run picks up the new version."""
+
+
+CHUNK_COLUMNS = (
+    "recording_id",
+    "model",
+    "chunk_index",
+    "content",
+    "first_seq",
+    "last_seq",
+    "start_s",
+    "end_s",
+    "speakers",
+    "token_count",
+    "content_hash",
+)
 
 
 @dataclass(frozen=True)
@@ -71,29 +87,27 @@ def write_chunk_plan(
                 (recording_id, model_id, stale),
             )
         if new:
-            with conn.cursor().copy(
-                q(
-                    conn,
-                    """COPY {s}.chunks (recording_id, model, chunk_index, content, first_seq, last_seq, start_s, end_s,
-                                speakers, token_count, content_hash) FROM STDIN""",
-                )
-            ) as copy:
-                for c in new:
-                    copy.write_row(
-                        (
-                            recording_id,
-                            model_id,
-                            c.chunk_index,
-                            c.content,
-                            c.first_seq,
-                            c.last_seq,
-                            c.start_s,
-                            c.end_s,
-                            list(c.speakers),
-                            c.token_count,
-                            c.content_hash,
-                        )
+            write_rows(
+                conn,
+                "chunks",
+                CHUNK_COLUMNS,
+                [
+                    (
+                        recording_id,
+                        model_id,
+                        c.chunk_index,
+                        c.content,
+                        c.first_seq,
+                        c.last_seq,
+                        c.start_s,
+                        c.end_s,
+                        list(c.speakers),
+                        c.token_count,
+                        c.content_hash,
                     )
+                    for c in new
+                ],
+            )
         conn.execute(
             q(
                 conn,
@@ -260,18 +274,17 @@ def write_vectors(
         )
         items = sorted((i, r) for i, r in rows.items() if have.get(i) != r[0])
         statements = 0
-        cur = conn.cursor()
         for start in range(0, len(items), max(1, insert_batch_size)):
-            with cur.copy(
-                q(
-                    conn,
-                    """COPY {s}.chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
-                   FROM STDIN WITH (FORMAT BINARY)""",
-                )
-            ) as copy:
-                copy.set_types(["text", "text", "int4", "text", "vector"])
-                for idx, (h, vec) in items[start : start + insert_batch_size]:
-                    copy.write_row((plan.recording_id, plan.model_id, idx, h, vec))
+            write_rows(
+                conn,
+                "chunk_vectors",
+                ("recording_id", "model", "chunk_index", "content_hash", "embedding"),
+                [
+                    (plan.recording_id, plan.model_id, idx, h, vec)
+                    for idx, (h, vec) in items[start : start + insert_batch_size]
+                ],
+                binary_types=("text", "text", "int4", "text", "vector"),
+            )
             statements += 1
         if statements:  # the first vectors of a database make their model the active one
             conn.execute(

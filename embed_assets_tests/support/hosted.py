@@ -108,7 +108,7 @@ def hosted_database(server_url: str, work: Path, tls: bool = False) -> Iterator[
         c.execute(f"GRANT CONNECT ON DATABASE {name} TO {WORKER}, {APP}")
         c.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {OWNER}")
         c.execute("GRANT USAGE ON SCHEMA public, extensions TO anon, authenticated")
-        c.execute(f"GRANT USAGE ON SCHEMA extensions TO {OWNER}")
+        c.execute(f"GRANT USAGE ON SCHEMA extensions TO {OWNER}, {WORKER}, {APP}")  # Supabase: every API role
         for scope in ("IN SCHEMA public", ""):
             for kind in ("TABLES", "FUNCTIONS", "SEQUENCES"):
                 c.execute(

@@ -213,7 +213,7 @@ def connection_problem(url: str, e: BaseException, setting: str) -> str:
     """One line that names the setting and the fix, for each way a connection attempt fails."""
     text, where = _first_line(e), redact_url(url)
     low = str(e).lower()
-    if "password authentication failed" in low or "no password supplied" in low:
+    if "authentication failed" in low or "no password supplied" in low:
         return f"the server refused the user or password in {setting} ({where}); fix the password in {setting}"
     if "database" in low and "does not exist" in low:
         return f"{text} on the server of {setting} ({where}); create it, or name an existing database in {setting}"

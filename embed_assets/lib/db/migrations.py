@@ -259,13 +259,16 @@ _LEGACY_TABLES = (
 
 def lock_down(conn: psycopg.Connection) -> None:
     """No role but the owner (and the roles granted through ``embed-assets grant``) reaches anything here:
-    row-level security on every table, so a role that is handed table privileges by someone's default
-    privileges (Supabase grants `anon` and `authenticated` everything new in `public`, and a user may expose
-    this schema later) still reads zero rows; and every privilege held by another role is revoked."""
+    row-level security on every table (and views that run as the caller), so a role that is handed table
+    privileges by someone's default privileges (Supabase grants `anon` and `authenticated` everything new in
+    `public`, and a user may expose this schema later) still reads zero rows; and every privilege held by
+    another role is revoked. Writers under row security cannot COPY: lib/db/rows.py switches to INSERTs."""
     schema = names(conn).schema
-    tables = [r[0] for r in conn.execute(_OWN_TABLES, (schema,))]
-    for t in tables:
-        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(schema, t)))
+    for name, kind in conn.execute(_OWN_RELATIONS, (schema,)).fetchall():
+        if kind == "v":  # a view reads its tables as the view's owner unless it runs as the caller
+            conn.execute(sql.SQL("ALTER VIEW {} SET (security_invoker = true)").format(sql.Identifier(schema, name)))
+        else:
+            conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(schema, name)))
     for kind, ident, grantee in conn.execute(q(conn, _FOREIGN_GRANTS), {"schema": schema}).fetchall():
         target = sql.SQL("FUNCTION {}").format(sql.SQL(ident)) if kind == "f" else sql.SQL(ident)
         conn.execute(
@@ -275,8 +278,8 @@ def lock_down(conn: psycopg.Connection) -> None:
         )
 
 
-_OWN_TABLES = """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"""
+_OWN_RELATIONS = """SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')"""
 
 # (kind, regclass/regprocedure text, grantee or NULL for PUBLIC) of every privilege not held by the owner.
 _FOREIGN_GRANTS = """

@@ -30,12 +30,23 @@ def grant(conn: psycopg.Connection, role: str, access: Access) -> list[str]:
     n = names(conn)
     if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
         raise ConfigError(f"role {role!r} does not exist; create it first (CREATE ROLE {role} LOGIN PASSWORD ...)")
+    if (
+        n.vector
+        and not conn.execute(
+            "SELECT has_schema_privilege(%s, %s, 'USAGE') OR has_schema_privilege(%s, 'USAGE WITH GRANT OPTION')",
+            (role, n.vector, n.vector),
+        ).fetchone()[0]
+    ):
+        raise ConfigError(
+            f"role {role!r} cannot use schema {n.vector!r}, where pgvector lives, and {conn.info.user!r} may not grant "
+            f"it; an admin runs: GRANT USAGE ON SCHEMA {n.vector} TO {role};"
+        )
     r, s = sql.Identifier(role), sql.Identifier(n.schema)
     tables = [t[0] for t in conn.execute(_TABLES, (n.schema,))]
     if access == "search":
         tables = [t for t in tables if t in SEARCH_TABLES]
     stmts: list[sql.Composed] = [sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r)]
-    if n.vector and n.vector != n.schema:
+    if n.vector and not conn.execute("SELECT has_schema_privilege(%s, %s, 'USAGE')", (role, n.vector)).fetchone()[0]:
         stmts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(n.vector), r))
     verbs = "SELECT, INSERT, UPDATE, DELETE" if access == "runtime" else "SELECT"
     for t in tables:
