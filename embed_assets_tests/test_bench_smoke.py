@@ -27,6 +27,8 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
         "e2e_cli_provider_requests",
         "ui_graphql_partition_status_500",
         "ui_partitions_page_500",
+        "search_hybrid_p95_2000",
+        "write_1000_chunks_into_2000_with_fulltext",
     ):
         assert expected in names
     data = json.loads(out.read_text())

@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.db.connection import vector_database_url
-from embed_assets_tests.bench import e2e, providers, scale, search, ui_scale, write_path
+from embed_assets_tests.bench import e2e, providers, retrieval, scale, search, ui_scale, write_path
 from embed_assets_tests.bench.report import Report
 
 
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
-    parser.add_argument("--only", default="providers,write,search,scale,e2e,ui", help="comma-separated figure groups")
+    parser.add_argument(
+        "--only", default="providers,write,search,retrieval,scale,e2e,ui", help="comma-separated figure groups"
+    )
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--recordings", type=int, default=200, help="recordings in the end-to-end backfill")
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> Report:
         write_path.index_strategies(url, n_vectors, report, rng, progress)
     if "search" in only:
         search.recall_and_latency(url, n_docs, 30 if args.quick else 200, report, progress)
+    if "retrieval" in only:
+        retrieval.hybrid_at_scale(url, n_vectors, report, rng, progress)
+        if not args.quick:  # the development set takes ~4 min to embed: `make eval` alone, or the full bench
+            retrieval.dev_set_quality(report, progress)
     if "e2e" in only:
         e2e.backfill(url, 4 if args.quick else args.recordings, report, progress)
     if "ui" in only:
