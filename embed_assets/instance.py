@@ -19,7 +19,7 @@ from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine
 
 from embed_assets.lib.db.connection import dagster_database_url
-from embed_assets.lib.settings import load_settings
+from embed_assets.lib.settings import env_int, load_settings
 
 
 def _dagster_dir(sub: str) -> str:
@@ -44,20 +44,27 @@ class _ResolvedWhenLoaded:
         return {"postgres_url": dagster_database_url()}
 
 
+def pool_size() -> int:
+    """EMBED_DB_POOL_SIZE: connections each Dagster storage engine keeps per process (and as many again
+    in overflow). The one setting that bounds the project's connections (README "Deploy on Supabase")."""
+    return max(1, env_int("EMBED_DB_POOL_SIZE", 2))
+
+
 class _PooledEngine:
     """dagster-postgres opens a new connection for every statement (NullPool): ~3 ms each here, 400+ per
     25-recording run, ~1.4 s of a ~10 s run (`make bench`, e2e figures). Keep a small pool per process
-    (two: storing one event nests a second checkout), checked before use so a restarted server costs one
-    reconnect."""
+    (at least two: storing one event nests a second checkout), checked before use so a restarted server
+    costs one reconnect."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        n = pool_size()
         self._engine = create_pg_engine(
             self.postgres_url,
             None,
             isolation_level="AUTOCOMMIT",
-            pool_size=2,
-            max_overflow=4,
+            pool_size=n,
+            max_overflow=n,
             pool_pre_ping=True,
             pool_recycle=3600,
         )

@@ -43,6 +43,11 @@ def _env(name: str, cast: Callable[[str], T], default: D) -> T | D:
         raise ValueError(f"{name}={raw!r} is not {kind}; set it to {kind} or unset it") from e
 
 
+def env_int(name: str, default: int) -> int:
+    """A whole-number environment variable, or ``default`` when unset; a clear error when malformed."""
+    return _env(name, int, default)
+
+
 def load_settings() -> Settings:
     """Read the EMBED_* variables. The API key is deliberately not part of Settings (secrets stay out)."""
     provider = os.environ.get("EMBED_PROVIDER", "").strip().lower() or "local"

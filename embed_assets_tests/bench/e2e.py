@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             home = make_home(Path(tmp) / "dagster_home")
             instance = dg.DagsterInstance.from_config(str(home))
             instance.add_dynamic_partitions("recordings", keys)
-            with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev:
+            sampler = ConnectionSampler(url, ("embed_bench", "embed_bench_dagster"))
+            with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev, sampler:
                 requests_before = server.seen.ok
                 launched = time.time()
                 data = dev.graphql(
@@ -116,6 +118,17 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                 backfill_id = data["backfillId"]
                 _wait(instance, backfill_id, progress)
             _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, report)
+            runs = len(instance.get_run_ids())
+            report.add(
+                Figure(
+                    "e2e_backfill_peak_connections",
+                    sampler.peak,
+                    "connections",
+                    note=f"server connections at peak (sampled every 50 ms) of the webserver, daemon, code server "
+                    f"and {runs} runs, at most 4 at once; bound {connection_bound()} with EMBED_DB_POOL_SIZE="
+                    f"{os.environ.get('EMBED_DB_POOL_SIZE', '2')} (README 'Deploy on Supabase')",
+                )
+            )
             report.add(_requests_figure("e2e_backfill_provider_requests", server.seen.ok - requests_before, n))
             instance.dispose()
             progress("the same recordings through `embed-assets embed` (runs in one process, no daemon)")
@@ -167,6 +180,45 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+class ConnectionSampler:
+    """The peak number of server connections to the given databases while the block runs (a thread
+    sampling pg_stat_activity every 50 ms, on a connection of its own, which is not counted)."""
+
+    def __init__(self, url: str, databases: tuple[str, ...]) -> None:
+        self.url, self.databases, self.peak = url, list(databases), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                n = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+                    (self.databases,),
+                ).fetchone()[0]
+                self.peak = max(self.peak, n)
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def connection_bound(runs_at_once: int = 4) -> int:
+    """What the project's pools allow at most: per Dagster process two pooled storage engines (run and
+    event log) of EMBED_DB_POOL_SIZE plus as many in overflow, one schedule-storage connection at a time,
+    and in a run worker the vector store's connection and one more for a check; processes: webserver,
+    daemon, code server and the runs the queue allows at once (dagster.yaml: 4)."""
+    from embed_assets.instance import pool_size
+
+    per_process = 2 * 2 * pool_size() + 1
+    return (3 + runs_at_once) * per_process + runs_at_once * 2
 
 
 def _requests_figure(name: str, requests: int, n: int) -> Figure:
