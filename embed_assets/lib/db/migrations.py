@@ -313,7 +313,7 @@ def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
         if not _needs_work(conn, schema):
             return []
     except pg_errors.InsufficientPrivilege:
-        user = conn.info.user
+        user = current_role(conn)
         raise ConfigError(
             f"role {user!r} has no access to schema {schema!r}; its owner runs: embed-assets grant {user} "
             "--access runtime (or point EMBED_DATABASE_URL at the owner role)"
@@ -321,7 +321,7 @@ def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
     try:
         return _migrate(conn, schema, dimension)
     except pg_errors.InsufficientPrivilege as e:
-        user = conn.info.user
+        user = current_role(conn)
         raise ConfigError(
             f"role {user!r} may not change schema {schema!r} ({_first_line(e)}). Run `embed-assets migrate` once "
             f"as the schema's owner (a role with CREATE on the database), or have an admin run: "
@@ -363,7 +363,7 @@ def _ensure_pgvector(conn: psycopg.Connection) -> None:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except pg_errors.InsufficientPrivilege:
         raise ConfigError(
-            f"the pgvector extension is not installed and role {conn.info.user!r} may not create it; an admin "
+            f"the pgvector extension is not installed and role {current_role(conn)!r} may not create it; an admin "
             "runs CREATE EXTENSION vector; (on Supabase: CREATE EXTENSION vector WITH SCHEMA extensions; or "
             "Database > Extensions in the dashboard)"
         ) from None
@@ -408,6 +408,11 @@ def vector_dimension(conn: psycopg.Connection) -> int | None:
         (f"{schema_name()}.chunk_vectors",),
     ).fetchone()
     return int(row[0]) if row and row[0] and row[0] > 0 else None
+
+
+def current_role(conn: psycopg.Connection) -> str:
+    """The role privileges are checked against (after SET ROLE too, unlike the login user)."""
+    return str(conn.execute("SELECT current_user").fetchone()[0])
 
 
 def _first_line(e: BaseException) -> str:

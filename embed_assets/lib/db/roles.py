@@ -17,7 +17,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from embed_assets.lib.db.migrations import lock_down
+from embed_assets.lib.db.migrations import current_role, lock_down
 from embed_assets.lib.db.names import names, q
 from embed_assets.lib.errors import ConfigError
 
@@ -38,8 +38,8 @@ def grant(conn: psycopg.Connection, role: str, access: Access) -> list[str]:
         ).fetchone()[0]
     ):
         raise ConfigError(
-            f"role {role!r} cannot use schema {n.vector!r}, where pgvector lives, and {conn.info.user!r} may not grant "
-            f"it; an admin runs: GRANT USAGE ON SCHEMA {n.vector} TO {role};"
+            f"role {role!r} cannot use schema {n.vector!r}, where pgvector lives, and {current_role(conn)!r} may "
+            f"not grant it; an admin runs: GRANT USAGE ON SCHEMA {n.vector} TO {role};"
         )
     r, s = sql.Identifier(role), sql.Identifier(n.schema)
     tables = [t[0] for t in conn.execute(_TABLES, (n.schema,))]
@@ -84,7 +84,7 @@ def grant(conn: psycopg.Connection, role: str, access: Access) -> list[str]:
             )
     except pg_errors.InsufficientPrivilege as e:
         raise ConfigError(
-            f"role {conn.info.user!r} may not grant on schema {n.schema!r} ({str(e).strip().splitlines()[0]}); "
+            f"role {current_role(conn)!r} may not grant on schema {n.schema!r} ({str(e).strip().splitlines()[0]}); "
             "run `embed-assets grant` as the schema's owner (the role that ran `embed-assets migrate`)"
         ) from None
     return [st.as_string(conn) for st in stmts]
