@@ -50,7 +50,7 @@ def model():
 def loaded(conn: psycopg.Connection, model) -> Iterator[psycopg.Connection]:
     for rid, turns in CALLS.items():
         upsert_transcript(conn, Transcript(rid, tuple(Segment(s, t) for s, t in turns), title=rid))
-        chunk_recording(conn, rid, model.spec, ChunkParams(24, 4))
+        chunk_recording(conn, rid, model.spec, ChunkParams(24, 0))
         embed_recording(conn, rid, model, insert_batch_size=50, statement_timeout_ms=30_000)
     yield conn
 
@@ -78,6 +78,23 @@ def test_hybrid_finds_a_keyword_only_match_and_a_meaning_only_match(loaded: psyc
     v = search(loaded, vec(model, question), question, 5, recording_id="call-pricing", mode="vector")
     assert {h.recording_id for h in v} == {"call-pricing"} and 0 < v[0].score <= 1
     assert [h.score for h in v] == sorted((h.score for h in v), reverse=True)
+
+
+def test_results_are_distinct_passages(conn: psycopg.Connection, model) -> None:
+    """Overlapping chunks (the overlap repeats the end of the previous chunk) are not returned side by side:
+    the better one stands for both, and the next result is a different passage."""
+    turns = [("A", f"Point {i}: the migration plan for the billing database needs review step {i}.") for i in range(12)]
+    upsert_transcript(conn, Transcript("long", tuple(Segment(s, t) for s, t in turns)))
+    chunk_recording(conn, "long", model.spec, ChunkParams(40, 16))
+    embed_recording(conn, "long", model, insert_batch_size=50, statement_timeout_ms=30_000)
+    spans = conn.execute("SELECT first_seq, last_seq FROM embed_assets.chunks ORDER BY chunk_index").fetchall()
+    assert any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False))  # neighbours do share turns
+    for mode in ("hybrid", "vector", "text"):
+        hits = search(conn, vec(model, "billing database migration"), "billing database migration", 10, mode=mode)
+        assert hits, mode
+        for i, a in enumerate(hits):
+            for b in hits[i + 1 :]:
+                assert not (a.first_seq <= b.last_seq and b.first_seq <= a.last_seq), (mode, a, b)
 
 
 def test_embed_search_from_plain_sql(loaded: psycopg.Connection, model) -> None:
