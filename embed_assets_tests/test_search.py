@@ -97,6 +97,21 @@ def test_results_are_distinct_passages(conn: psycopg.Connection, model) -> None:
                 assert not (a.first_seq <= b.last_seq and b.first_seq <= a.last_seq), (mode, a, b)
 
 
+def test_words_in_most_chunks_are_left_out_of_a_search_over_every_recording(conn: psycopg.Connection, model) -> None:
+    """Over all recordings, a word found in most chunks (by ANALYZE's statistics) would make the text side rank
+    most of the table; it is left out there, and still counts within one recording."""
+    for i in range(60):
+        turns = (("A", f"Quarterly planning meeting number {i} about budget topic{i}."),)
+        upsert_transcript(conn, Transcript(f"m{i}", tuple(Segment(s, t) for s, t in turns)))
+        chunk_recording(conn, f"m{i}", model.spec, ChunkParams(40, 0))
+        embed_recording(conn, f"m{i}", model, insert_batch_size=50, statement_timeout_ms=30_000)
+    conn.execute("ANALYZE embed_assets.chunks")
+    assert search(conn, None, "quarterly planning", 5, mode="text") == []
+    rare = search(conn, None, "quarterly topic17", 5, mode="text")
+    assert [h.recording_id for h in rare] == ["m17"]
+    assert [h.recording_id for h in search(conn, None, "quarterly planning", 5, "m3", mode="text")] == ["m3"]
+
+
 def test_embed_search_from_plain_sql(loaded: psycopg.Connection, model) -> None:
     literal = "[" + ",".join(f"{x:.6f}" for x in vec(model, "price increase next quarter")) + "]"
     rows = loaded.execute(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from embed_assets.lib.db.names import q
+from embed_assets.lib.db.names import names, q
 from embed_assets.lib.indexes import IndexStrategy
 
 # Chosen on the tune half of the development set only (README "Search"; `make eval` re-measures):
@@ -29,6 +29,11 @@ VECTOR_WEIGHT = 1.0
 TEXT_WEIGHT = 0.5  # words help, meaning leads
 CANDIDATES = 30  # per side, before fusion
 TEXT_RANK_NORMALIZATION = 1  # ts_rank divided by 1 + log(length): long chunks do not win on length alone
+# Over every recording, a word in more than this share of all chunks (the planner's own statistics of the
+# tsvector column, kept by ANALYZE) is left out of the text side: it matches too much to rank quickly
+# (100,000 chunks: ~0.5 s) and tells little; rare words, names and codes stay. Within one recording (a few
+# hundred chunks) every word counts, as tuned.
+COMMON_SHARE = 0.02
 RERANK_CANDIDATES = 200  # coarse candidates of a quantized index, re-ranked by exact cosine
 
 # A named row type, not RETURNS TABLE: its columns would be OUT parameters, and `recording_id` is both an
@@ -54,10 +59,17 @@ BEGIN
     IF query_embedding IS NULL AND coalesce(btrim(query_text), '') = '' THEN
         RAISE EXCEPTION 'embed_search needs a query_embedding, a query_text, or both';
     END IF;
-    IF coalesce(btrim(query_text), '') <> '' THEN
+    IF coalesce(btrim(query_text), '') <> '' AND rid IS NOT NULL THEN
         tsq := nullif(replace(plainto_tsquery('TEXT_CONFIG', query_text)::text, ' & ', ' | '), '')::tsquery;
+    ELSIF coalesce(btrim(query_text), '') <> '' THEN
+        tsq := (SELECT string_agg(quote_literal(l.lex), ' | ')::tsquery
+                FROM unnest(tsvector_to_array(to_tsvector('TEXT_CONFIG', query_text))) AS l(lex)
+                WHERE coalesce((SELECT u.f FROM pg_catalog.pg_stats st,
+                                       unnest(st.most_common_elems::text::text[], st.most_common_elem_freqs) AS u(e, f)
+                                WHERE st.schemaname = {schema_literal} AND st.tablename = 'chunks'
+                                  AND st.attname = 'fts' AND u.e = l.lex), 0) <= COMMON_SHARE);
     END IF;
-    nc := CASE WHEN RERANK THEN greatest(RERANK_CANDIDATES, 20 * n) ELSE n END;
+    nc := CASE WHEN RERANK THEN greatest(RERANK_CANDIDATES, 4 * n) ELSE n END;
     PERFORM set_config('hnsw.ef_search', least(1000, greatest(40, nc))::text, true);
     PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
     RETURN QUERY
@@ -120,8 +132,9 @@ def search_function_ddl(conn: psycopg.Connection, dim: int, index: IndexStrategy
         .replace("TEXT_WEIGHT", repr(float(TEXT_WEIGHT)))
         .replace("RRF_K", str(int(RRF_K)))
         .replace("NORM", str(int(TEXT_RANK_NORMALIZATION)))
+        .replace("COMMON_SHARE", repr(float(COMMON_SHARE)))
     )
-    return q(conn, body)
+    return q(conn, body, schema_literal=sql.Literal(names(conn).schema))
 
 
 def refresh_search_function(conn: psycopg.Connection, dim: int, index: IndexStrategy | None) -> None:
