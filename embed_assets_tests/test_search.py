@@ -80,9 +80,10 @@ def test_hybrid_finds_a_keyword_only_match_and_a_meaning_only_match(loaded: psyc
     assert [h.score for h in v] == sorted((h.score for h in v), reverse=True)
 
 
-def test_results_are_distinct_passages(conn: psycopg.Connection, model) -> None:
-    """Overlapping chunks (the overlap repeats the end of the previous chunk) are not returned side by side:
-    the better one stands for both, and the next result is a different passage."""
+def test_distinct_passages_come_first(conn: psycopg.Connection, model) -> None:
+    """Overlapping chunks (the overlap repeats the end of the previous chunk) are not ranked side by side:
+    the better one stands for both, the next results are different passages, and the overlapping ones
+    come after all of them (still returned: k results whenever there are k chunks)."""
     turns = [("A", f"Point {i}: the migration plan for the billing database needs review step {i}.") for i in range(12)]
     upsert_transcript(conn, Transcript("long", tuple(Segment(s, t) for s, t in turns)))
     chunk_recording(conn, "long", model.spec, ChunkParams(40, 16))
@@ -91,10 +92,11 @@ def test_results_are_distinct_passages(conn: psycopg.Connection, model) -> None:
     assert any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False))  # neighbours do share turns
     for mode in ("hybrid", "vector", "text"):
         hits = search(conn, vec(model, "billing database migration"), "billing database migration", 10, mode=mode)
-        assert hits, mode
-        for i, a in enumerate(hits):
-            for b in hits[i + 1 :]:
-                assert not (a.first_seq <= b.last_seq and b.first_seq <= a.last_seq), (mode, a, b)
+        assert len(hits) == min(10, len(spans)) or mode == "text", mode
+        flags = [
+            any(b.first_seq <= h.last_seq and h.first_seq <= b.last_seq for b in hits[:i]) for i, h in enumerate(hits)
+        ]
+        assert any(flags) and flags == sorted(flags), (mode, flags)  # every distinct passage before any overlap
 
 
 def test_words_in_most_chunks_are_left_out_of_a_search_over_every_recording(conn: psycopg.Connection, model) -> None:

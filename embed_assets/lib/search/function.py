@@ -9,8 +9,8 @@ the index strategy changes. It runs as the caller (SECURITY INVOKER): it can rea
 and EXECUTE is revoked from PUBLIC (lib/db/migrations.py ``lock_down``; ``embed-assets grant ROLE`` gives it).
 Full text: a stored tsvector of each chunk's content (speaker names included, so "what did Dana say about
 pricing" can use the name), matched as an OR of the query's words (AND semantics finds nothing for most
-questions) and ranked by ts_rank. Results are distinct passages: a chunk that shares turns with a better-scored
-one is left out. Constants chosen by measurement on the development set (README "Search"); ``make eval``
+questions) and ranked by ts_rank. Distinct passages come first: a chunk that shares turns with a better-scored one
+is ranked after them. Constants chosen by measurement on the development set (README "Search"); ``make eval``
 re-measures them.
 """
 
@@ -106,14 +106,14 @@ BEGIN
         FROM fused f
         JOIN {s}.chunks c ON c.recording_id = f.f_rid AND c.model = m AND c.chunk_index = f.f_idx
                           AND (f.f_hash IS NULL OR c.content_hash = f.f_hash))
-    -- Distinct passages: a chunk that shares turns with a better one (the overlap of neighbouring chunks)
-    -- says nothing new and would push a different passage out of the top k.
+    -- Distinct passages first: a chunk that shares turns with a better one (the overlap of neighbouring
+    -- chunks) says little new, so it goes after every distinct passage (never dropped: k rows still come back).
     SELECT h.* FROM hits h
-    WHERE NOT EXISTS (
+    ORDER BY EXISTS (
         SELECT 1 FROM hits b
         WHERE b.recording_id = h.recording_id AND b.first_seq <= h.last_seq AND h.first_seq <= b.last_seq
-          AND (b.score > h.score OR (b.score = h.score AND b.chunk_index < h.chunk_index)))
-    ORDER BY h.score DESC, h.recording_id, h.chunk_index
+          AND (b.score > h.score OR (b.score = h.score AND b.chunk_index < h.chunk_index))),
+      h.score DESC, h.recording_id, h.chunk_index
     LIMIT k;
 END $fn$"""
 
