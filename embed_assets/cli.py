@@ -46,14 +46,25 @@ def _connect_migrated():
 
 
 def _instance():
-    """The Dagster instance of DAGSTER_HOME (defaulting to the current folder when it holds dagster.yaml)."""
+    """The Dagster instance of DAGSTER_HOME (the current folder when unset and it holds dagster.yaml). A home
+    without dagster.yaml gets the project's, saying so; one on other storage is used, with a warning."""
     from dagster import DagsterInstance
 
-    if not os.environ.get("DAGSTER_HOME"):
-        if Path("dagster.yaml").is_file():
-            os.environ["DAGSTER_HOME"] = str(Path.cwd())
-        else:
-            _die("DAGSTER_HOME is not set; set it to the folder that holds dagster.yaml (the repository root)")
+    from embed_assets.dagster_home import ensure_instance_config
+
+    home = os.environ.get("DAGSTER_HOME", "").strip()
+    if not home:
+        if not Path("dagster.yaml").is_file():
+            _die(
+                "DAGSTER_HOME is not set; set it to a folder for Dagster's instance files (the project's "
+                "dagster.yaml is written there if it has none), e.g. export DAGSTER_HOME=~/dagster_home"
+            )
+        home = str(Path.cwd())
+    path = Path(home).expanduser().resolve()  # Dagster wants an absolute path, and so do the processes it starts
+    os.environ["DAGSTER_HOME"] = str(path)
+    note = ensure_instance_config(path)
+    if note:
+        err.print(note, highlight=False, markup=False, soft_wrap=True)
     return DagsterInstance.get()
 
 
@@ -449,13 +460,16 @@ def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> No
     """Run the Dagster UI and daemon (sensor, schedule, backfills) on the embedded defaults."""
     import signal
 
+    from embed_assets.dagster_home import workspace_file
     from embed_assets.lib.db.connection import dagster_database_url
+    from embed_assets.lib.settings import load_settings
 
     _instance()
-    workspace = Path(os.environ["DAGSTER_HOME"]) / "workspace.yaml"
-    if not workspace.is_file():
-        _die(f"no workspace.yaml in DAGSTER_HOME ({workspace.parent}); set DAGSTER_HOME to the repository root")
+    home = Path(os.environ["DAGSTER_HOME"])
+    workspace = workspace_file(home, load_settings().home)
     dagster_database_url()  # start the embedded server before Dagster's processes race to do it
+    err.print(f"dagster dev: DAGSTER_HOME {home}, workspace {workspace}", highlight=False, markup=False)
+    sys.stderr.flush()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background start must stay stoppable by its pid
     dagster = Path(sys.executable).parent / "dagster"
     os.execv(str(dagster), [str(dagster), "dev", "-w", str(workspace), "-p", str(port)])
