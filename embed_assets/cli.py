@@ -218,60 +218,46 @@ def db_stop() -> None:
     out.print("stopped" if stop_embedded_server(s.home) else "not running")
 
 
-def pending_blocks(ordered: list[str], pending: set[str], size: int) -> list[tuple[str, str, int]]:
-    """Contiguous runs of pending keys in partition order, at most ``size`` long: (first, last, count)."""
-    blocks: list[tuple[str, str, int]] = []
-    start, count = None, 0
-    for key in [*ordered, None]:
-        if key is not None and key in pending and count < size:
-            start, count = (key if start is None else start), count + 1
-            last = key
-            continue
-        if start is not None:
-            blocks.append((start, last, count))
-            start, count = None, 0
-        if key is not None and key in pending:
-            start, count, last = key, 1, key
-    return blocks
-
-
 @app.command()
 def embed(
     all_: Annotated[bool, typer.Option("--all", help="Run every partition, not only those needing work.")] = False,
     per_run: Annotated[int, typer.Option(help="Recordings per run (partition range).", min=1)] = 25,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print Dagster's event log lines (always kept in the UI).")
+    ] = False,
 ) -> None:
-    """Run embed_recordings in this process over the registered recordings that need work."""
+    """Run embed_recordings in this process over the registered recordings that need work, with progress
+    and a summary of what was written (exit 1 if any recording failed)."""
+    from embed_assets.console import pending_blocks, run_embed
+    from embed_assets.console.summary import print_summary
     from embed_assets.definitions import defs
+    from embed_assets.lib.db.connection import connect, vector_database_url
+    from embed_assets.lib.discovery import embedded_ids
 
     instance = _instance()
     ordered = instance.get_dynamic_partitions(PARTITIONS)
-    from embed_assets.lib.discovery import embedded_ids
-
+    spec = _spec()
     with _connect_migrated() as conn:
-        done = embedded_ids(conn, _spec().model_id)
-    pending = set(ordered) if all_ else set(ordered) - done
-    blocks = pending_blocks(ordered, pending, per_run)
-    job = defs.resolve_job_def("embed_recordings")
-    failed = 0
-    started = time.perf_counter()
-    for i, (first, last, count) in enumerate(blocks, 1):
-        out.print(f"run {i}/{len(blocks)}: {count} recording(s) {first} .. {last}", highlight=False)
-        result = job.execute_in_process(
-            instance=instance,
-            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
-            raise_on_error=False,
+        pending = set(ordered) if all_ else set(ordered) - embedded_ids(conn, spec.model_id)
+        if not pending:
+            out.print(
+                f"nothing to embed: all {len(ordered)} registered recording(s) are embedded for {spec.model_id}"
+                if ordered
+                else "no recordings registered: add some with `embed-assets load` or `embed-assets sample N`",
+                highlight=False,
+            )
+            return
+        summary = run_embed(
+            instance,
+            defs.resolve_job_def("embed_recordings"),
+            pending_blocks(ordered, pending, per_run),
+            conn=conn,
+            connect=lambda: connect(vector_database_url()),
+            spec=spec,
+            verbose=verbose,
         )
-        if not result.success:
-            failed += 1
-            for ev in result.all_events:
-                if ev.is_step_failure and ev.step_failure_data.error:
-                    err.print(f"  failed: {ev.step_failure_data.error.message.strip()}", highlight=False)
-    out.print(
-        f"{len(blocks)} run(s), {len(pending)} recording(s), {failed} failed run(s), "
-        f"{time.perf_counter() - started:.1f}s",
-        highlight=False,
-    )
-    if failed:
+    print_summary(summary, out)
+    if not summary.ok:
         raise typer.Exit(1)
 
 
