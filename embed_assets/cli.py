@@ -258,7 +258,7 @@ def embed(
         )
     print_summary(summary, out)
     if not summary.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(130 if summary.interrupted else 1)
 
 
 def _query_embedder():

@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -225,3 +226,39 @@ def test_on_a_terminal_the_bar_goes_to_the_terminal_and_not_into_the_compute_log
     for log in logs:
         text = log.read_text(errors="replace")
         assert "━" not in text and "\x1b" not in text, f"{log}: {text[-500:]!r}"
+
+
+def test_ctrl_c_stops_the_session_and_still_prints_the_summary(
+    conn: psycopg.Connection, fake_openai, dagster_db: str, tmp_path: Path
+) -> None:
+    """Dagster turns Ctrl-C inside an in-process run into a failed run and returns; the session must stop
+    there rather than start the next run."""
+    home = tmp_path / "dagster_home"
+    assert cli("sample", "2", "--no-long-call", home=home, dagster_db=dagster_db).returncode == 0
+    fake_openai.gate.clear()  # the first provider request waits: the run is inside chunk_embeddings
+    env = {**os.environ, "DAGSTER_HOME": str(home), "EMBED_DAGSTER_DATABASE_URL": dagster_db}
+    proc = subprocess.Popen(
+        [str(BIN / "embed-assets"), "embed", "--per-run", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while fake_openai.seen.requests == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "no provider request"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        fake_openai.gate.set()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        fake_openai.gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    assert "interrupted in run 1; 1 recording(s) not attempted" in out
+    assert number(summary_figures(out)["recordings not attempted"]) == 1
+    assert number(summary_figures(out)["runs"].split()[0]) == 1

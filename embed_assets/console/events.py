@@ -56,6 +56,7 @@ class RunReport:
     failures: list[str] = field(default_factory=list)  # one line per failed step (or the run)
     recording_errors: dict[str, str] = field(default_factory=dict)  # from the failures' metadata
     per_recording: bool = False  # a failure named the recordings it failed; the others could work
+    interrupted: bool = False  # Ctrl-C or a cancel: the session stops
     _steps_counted: set[str] = field(default_factory=set)
 
 
@@ -125,9 +126,18 @@ class RunEvents(logging.Handler):
             if isinstance(recording, str):
                 report.recording_errors.setdefault(recording, message)
             return True
-        if event.is_run_failure and not report.failures:
-            error = event.job_failure_data.error if event.event_specific_data else None
-            report.failures.append(f"run: {first_line(error.message if error else event.message)}")
+        if event.is_run_failure:
+            data = event.job_failure_data if event.event_specific_data else None
+            # Dagster turns Ctrl-C in an in-process run into a run failure and returns normally.
+            reason = getattr(data.failure_reason if data else None, "value", None)
+            report.interrupted = reason == "UNEXPECTED_TERMINATION"
+            if not report.failures:
+                message = data.error.message if data and data.error else event.message
+                report.failures.append(f"run: {first_line(message)}")
+            return True
+        if event.event_type == dg.DagsterEventType.RUN_CANCELED:
+            report.interrupted = True
+            report.failures.append("run: canceled")
             return True
         return False
 

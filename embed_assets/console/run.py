@@ -16,10 +16,12 @@ from embed_assets.console.counts import SessionCounts
 from embed_assets.console.display import Display, LiveDisplay, Snapshot, open_display
 from embed_assets.console.events import LOGGER_KEY, RunEvents, RunReport, first_line, logger_definition
 from embed_assets.console.summary import Summary
+from embed_assets.lib.errors import EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.status import last_errors
 
 POLL_S = 1.0  # how often the live display counts the current run's finished recordings in the database
+MIN_POLL_S = 0.2
 # Progress bars that libraries draw inside a step (the local model's weight loading) would reach the console
 # through Dagster's log capture, carriage returns and all; they stay visible with --verbose.
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -46,7 +48,8 @@ def pending_blocks(ordered: list[str], pending: set[str], size: int) -> list[lis
 class _Session:
     def __init__(self, summary: Summary, runs: int, display: Display) -> None:
         self.summary, self.runs, self.display = summary, runs, display
-        self.events = RunEvents(self.refresh)
+        self.events = RunEvents(self._on_event)
+        self.changed = threading.Event()  # an event arrived: the poller counts again without waiting POLL_S
         self.started = time.perf_counter()
         self.run = 0
         self.lock = threading.Lock()
@@ -81,9 +84,14 @@ class _Session:
     def refresh(self) -> None:
         self.display.update(self.snapshot())
 
+    def _on_event(self) -> None:
+        self.changed.set()
+        self.refresh()
+
 
 class _Poller(threading.Thread):
-    """Counts the running block's finished recordings every POLL_S on a connection of its own."""
+    """Counts the running block's finished recordings on a connection of its own: every POLL_S, and soon
+    after a run event (a step ending), at most every MIN_POLL_S."""
 
     def __init__(self, session: _Session, counts: SessionCounts, connect: Callable[[], psycopg.Connection]) -> None:
         super().__init__(name="embed-progress", daemon=True)
@@ -93,7 +101,11 @@ class _Poller(threading.Thread):
     def run(self) -> None:
         try:
             with self._connect() as conn:
-                while not self._stopping.wait(POLL_S):
+                while not self._stopping.is_set():
+                    self._session.changed.wait(POLL_S)
+                    self._session.changed.clear()
+                    if self._stopping.wait(MIN_POLL_S):
+                        break
                     with self._session.lock:
                         ids = list(self._session.block)
                     done = self._counts.embedded(conn, ids) if ids else {}
@@ -101,11 +113,12 @@ class _Poller(threading.Thread):
                         if ids == self._session.block:
                             self._session.block_done = done
                     self._session.refresh()
-        except (psycopg.Error, OSError) as e:  # the display only: the run and the summary's counts go on
+        except (psycopg.Error, OSError, EmbedAssetsError) as e:  # the display only: runs and counts go on
             self._session.display.line(f"progress polling stopped ({type(e).__name__}: {first_line(str(e))})")
 
     def stop(self) -> None:
         self._stopping.set()
+        self._session.changed.set()
         self.join()
 
 
@@ -169,12 +182,16 @@ def run_embed(
             session.refresh()
             run_id = _execute(job, instance, ids, run_config, report)
             written = _account(session, counts, conn, ids, run_id, report)
-            if report.failures and not written and not report.per_recording and i < len(blocks):
-                summary.not_attempted = sum(len(b) for b in blocks[i:])
+            left = sum(len(b) for b in blocks[i:])
+            if report.interrupted:
+                summary.interrupted, summary.not_attempted = True, left
+                summary.stop_reason = f"interrupted in run {i}; {left} recording(s) not attempted"
+                break
+            if report.failures and not written and not report.per_recording and left:
+                summary.not_attempted = left
                 summary.stop_reason = (
                     f"stopped after run {i}: it failed as a whole ({report.failures[0]}), which the remaining "
-                    f"runs would repeat; {summary.not_attempted} recording(s) not attempted. Fix it and run "
-                    "`embed-assets embed` again"
+                    f"runs would repeat; {left} recording(s) not attempted. Fix it and run `embed-assets embed` again"
                 )
                 break
     finally:

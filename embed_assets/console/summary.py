@@ -41,6 +41,7 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)  # recording -> its error, one line
     not_attempted: int = 0
     stop_reason: str = ""
+    interrupted: bool = False
     chunks: int = 0  # chunks of the embedded and unchanged recordings
     vectors: int = 0  # rows written to chunk_vectors
     provider: ProviderUse = field(default_factory=ProviderUse)
