@@ -120,7 +120,14 @@ def test_sample_embed_status_search_sensor_and_schedule_through_the_transaction_
 def test_a_worker_without_ddl_rights_runs_once_the_owner_granted_it(
     hosted: Hosted, migrated: dict, tmp_path: Path
 ) -> None:
+    from embed_assets.lib.health import check_configuration
+    from embed_assets.lib.models import resolve_model
+
     env = env_for(hosted, WORKER, tmp_path)
+    report = check_configuration(
+        lambda: resolve_model("local", "all-MiniLM-L6-v2"), lambda: env["EMBED_DATABASE_URL"], True
+    )
+    assert not report.ok and f"embed-assets grant {WORKER} --access runtime" in report.problems[0]  # the check too
     before = cli("status", "--json", env=env)
     assert before.returncode == 1
     assert "no access to schema" in before.stderr and "embed-assets grant" in before.stderr

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from embed_assets.lib.db.connection import connect
-from embed_assets.lib.db.migrations import vector_dimension
+from embed_assets.lib.db.migrations import check_access, vector_dimension
 from embed_assets.lib.db.names import names, q
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
@@ -56,6 +56,7 @@ def check_configuration(
                 )
             else:
                 report.facts["pgvector"] = ext[0]
+            check_access(conn)
             _check_vectors(conn, spec, report)
     except (EmbedAssetsError, psycopg.Error) as e:
         report.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -313,11 +313,7 @@ def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
         if not _needs_work(conn, schema):
             return []
     except pg_errors.InsufficientPrivilege:
-        user = current_role(conn)
-        raise ConfigError(
-            f"role {user!r} has no access to schema {schema!r}; its owner runs: embed-assets grant {user} "
-            "--access runtime (or point EMBED_DATABASE_URL at the owner role)"
-        ) from None
+        raise ConfigError(no_access_message(conn, schema)) from None
     try:
         return _migrate(conn, schema, dimension)
     except pg_errors.InsufficientPrivilege as e:
@@ -408,6 +404,24 @@ def vector_dimension(conn: psycopg.Connection) -> int | None:
         (f"{schema_name()}.chunk_vectors",),
     ).fetchone()
     return int(row[0]) if row and row[0] and row[0] > 0 else None
+
+
+def no_access_message(conn: psycopg.Connection, schema: str) -> str:
+    user = current_role(conn)
+    return (
+        f"role {user!r} has no access to schema {schema!r}; its owner runs: embed-assets grant {user} "
+        "--access runtime (or point EMBED_DATABASE_URL at the owner role)"
+    )
+
+
+def check_access(conn: psycopg.Connection) -> None:
+    """Raise the one-line ConfigError when the current role cannot use the project's schema (if it exists)."""
+    schema = schema_name()
+    row = conn.execute(
+        "SELECT has_schema_privilege(n.oid, 'USAGE') FROM pg_namespace n WHERE n.nspname = %s", (schema,)
+    ).fetchone()
+    if row is not None and not row[0]:
+        raise ConfigError(no_access_message(conn, schema))
 
 
 def current_role(conn: psycopg.Connection) -> str:
