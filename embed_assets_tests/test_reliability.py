@@ -61,7 +61,7 @@ def write_blocked(url: str) -> bool:
         return bool(
             c.execute(
                 """SELECT count(*) FROM pg_stat_activity
-                   WHERE wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO embed_assets.embedded_recordings%%'"""
+                   WHERE wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO %%embedded_recordings%%'"""
             ).fetchone()[0]
         )
 
