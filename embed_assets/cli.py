@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from embed_assets.lib.errors import EmbedAssetsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Keep call-transcript embeddings in pgvector.")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths and URLs stay on one line in logs
+err = Console(stderr=True, soft_wrap=True)
 PARTITIONS = "recordings"
 
 
