@@ -109,9 +109,10 @@ def dagster_database_url(settings: Settings | None = None) -> str:
     """SQLAlchemy URL (psycopg2 driver) of Dagster's own storage.
 
     - Embedded default: database ``dagster`` on the embedded server (unchanged).
-    - ``EMBED_DATABASE_URL`` alone: a database ``dagster`` on that server if one exists (installs from before
-      this rule), else schema ``dagster`` of the same database: hosted plans give one database (Supabase:
-      ``postgres``) and its pooler serves no other, so nothing needs CREATE DATABASE.
+    - ``EMBED_DATABASE_URL`` alone: database ``dagster`` on that server if it holds Dagster's tables and is
+      reachable through that URL (installs from before this rule), else schema ``dagster`` of the same
+      database: hosted plans give one database (Supabase: ``postgres``) and its pooler serves no other, so
+      nothing needs CREATE DATABASE.
     - ``EMBED_DAGSTER_DATABASE_URL``: that database, tables in its schema ``dagster`` (or in ``public`` where
       Dagster's tables already are).
     Dagster's storage keeps a session setting (``search_path``, sent as a startup option) and long-lived
@@ -124,8 +125,8 @@ def dagster_database_url(settings: Settings | None = None) -> str:
     elif settings.database_url:
         url, origin = libpq_url(settings.database_url), "EMBED_DATABASE_URL"
         _refuse_transaction_pooler(url, origin)
-        if _database_exists(url, DAGSTER_DB):
-            return _psycopg2(make_url(url).set(database=DAGSTER_DB).render_as_string(hide_password=False))
+        if (legacy := _legacy_dagster_database(url)) is not None:
+            return _psycopg2(legacy)
     else:
         return _psycopg2(embedded_server_url(settings.home, DAGSTER_DB))
     _refuse_transaction_pooler(url, origin)
@@ -156,9 +157,20 @@ def _refuse_transaction_pooler(url: str, origin: str) -> None:
         raise ConfigError(_pooler_message(url, origin))
 
 
-def _database_exists(url: str, name: str) -> bool:
+def _legacy_dagster_database(url: str) -> str | None:
+    """The URL of database ``dagster`` on that server when an install from before the schema rule keeps
+    Dagster's tables there and it is reachable the same way (a pooler serves only the databases it names)."""
     with connect(url, setting="EMBED_DATABASE_URL") as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DB,)).fetchone() is None:
+            return None
+    candidate = make_url(url).set(database=DAGSTER_DB).render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(candidate, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
+            if conn.execute("SELECT to_regclass('public.runs') IS NOT NULL").fetchone()[0]:
+                return candidate
+    except psycopg.Error:
+        pass  # not reachable through this URL (a pooler that does not serve it): use the schema
+    return None
 
 
 def _in_dagster_schema(url: str, origin: str) -> str:
