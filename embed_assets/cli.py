@@ -263,7 +263,11 @@ def embed(
 
 def _query_embedder():
     """A function embedding query texts with the configured model (checked against the active model)."""
+    from embed_assets.console.run import QUIET_ENV
     from embed_assets.defs.resources import EmbedderResource
+
+    for k, v in QUIET_ENV.items():  # the model's "Loading weights" bar is noise in search output
+        os.environ.setdefault(k, v)
     from embed_assets.lib.tokenizers import token_counter
 
     emb = EmbedderResource()

@@ -50,6 +50,10 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     from embed_assets.lib.tokenizers import token_counter
     from embed_assets.lib.transcripts import expand_paths, parse_file, reject_duplicates
 
+    from embed_assets.console.run import QUIET_ENV
+
+    for k, v in QUIET_ENV.items():  # progress is ours (per 5 recordings); the model's bars are noise
+        os.environ.setdefault(k, v)
     if not queries_path.is_file():
         raise InputError(f"no such file: {queries_path} (labelled questions, one JSON object per line)")
     queries = load_queries(queries_path)
