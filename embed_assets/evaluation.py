@@ -41,6 +41,7 @@ def _fresh_database() -> str:
 
 
 def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], None]) -> Report:
+    from embed_assets.console.run import QUIET_ENV
     from embed_assets.defs.config import ChunkConfig
     from embed_assets.defs.resources import EmbedderResource
     from embed_assets.lib.db.connection import connect, vector_database_url
@@ -49,8 +50,6 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     from embed_assets.lib.sources import upsert_transcript
     from embed_assets.lib.tokenizers import token_counter
     from embed_assets.lib.transcripts import expand_paths, parse_file, reject_duplicates
-
-    from embed_assets.console.run import QUIET_ENV
 
     for k, v in QUIET_ENV.items():  # progress is ours (per 5 recordings); the model's bars are noise
         os.environ.setdefault(k, v)
