@@ -378,6 +378,35 @@ def eval_(
 
 
 @app.command()
+def check(
+    probe: Annotated[bool, typer.Option(help="Also send one tiny live request to the provider.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Preflight for deploy pipelines: every setting and secret the configured provider needs, the database
+    reachable with pgvector and the right dimension; exit 0 only when runs can work. The same function as
+    the blocking `embedding_config_valid` check."""
+    from embed_assets.defs.checks import configuration_report
+    from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+    from embed_assets.lib.db.connection import redact_url
+
+    store = VectorStoreResource()
+    report = configuration_report(store, EmbedderResource(), probe)
+    facts = {k: str(v) for k, v in report.facts.items()}
+    if store._url:
+        facts["database_url"] = redact_url(store._url)
+    if as_json:
+        print(json.dumps({"ok": report.ok, "problems": report.problems, "facts": facts}))
+    else:
+        for k, v in facts.items():
+            out.print(f"{k}: {v}", highlight=False, markup=False)
+        for p in report.problems:
+            err.print(f"[red]problem:[/red] {p}", highlight=False)
+        out.print("ok: runs can work" if report.ok else f"{len(report.problems)} problem(s)", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Partition and queue health: done, failed, dead-lettered, never run, stale; completion rate; verdict."""
     from embed_assets.defs.checks import pipeline_health

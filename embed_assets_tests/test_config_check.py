@@ -52,9 +52,21 @@ def test_database_without_pgvector(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute("DROP DATABASE IF EXISTS no_vector")
         c.execute("CREATE DATABASE no_vector")
-    report = check_configuration(MINI, lambda: db_url.replace("/embed_assets?", "/no_vector?"), False)
-    assert not report.ok and "pgvector extension is not installed" in report.problems[0]
-    assert "CREATE EXTENSION vector" in report.problems[0]
+        c.execute("DROP ROLE IF EXISTS no_ext_role")
+        c.execute("CREATE ROLE no_ext_role LOGIN")
+    url = db_url.replace("/embed_assets?", "/no_vector?")
+    try:
+        # A role that may create it (here the superuser): not a problem, `migrate` creates it.
+        report = check_configuration(MINI, lambda: url, False)
+        assert report.ok and str(report.facts["pgvector"]).startswith("not installed yet"), report.problems
+        # A role that may not: the one line an admin needs.
+        report = check_configuration(MINI, lambda: url.replace("postgres:@", "no_ext_role:@"), False)
+        assert not report.ok and "pgvector extension is not installed" in report.problems[0]
+        assert "may not create it; an admin runs CREATE EXTENSION vector" in report.problems[0]
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute("DROP DATABASE IF EXISTS no_vector WITH (FORCE)")
+            c.execute("DROP ROLE IF EXISTS no_ext_role")
 
 
 def test_vectors_of_another_model_mixed_in(conn: psycopg.Connection, db_url: str) -> None:

@@ -12,7 +12,7 @@ from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.db.connection import redact_url
 from embed_assets.lib.discovery import source_hashes
-from embed_assets.lib.health import check_configuration
+from embed_assets.lib.health import ConfigReport, check_configuration
 from embed_assets.lib.integrity import check_integrity
 from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.status import db_status, last_errors, verdict
@@ -26,18 +26,23 @@ def _probe(embedder: EmbedderResource) -> None:
         client.close()
 
 
+def configuration_report(store: VectorStoreResource, embedder: EmbedderResource, probe: bool) -> ConfigReport:
+    """The one configuration check: the blocking asset check below and the `embed-assets check` preflight."""
+    return check_configuration(
+        embedder.spec,
+        store.url,
+        embedder.api_key_present(),
+        (lambda: _probe(embedder)) if probe else None,
+    )
+
+
 @dg.asset_check(asset=transcript_chunks, blocking=True)
 def embedding_config_valid(store: VectorStoreResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
     """Provider and model known, API key present (and accepted, when EMBED_PROBE=1 asks for one live
     request), database reachable, pgvector installed, table dimension == model dimension, no other model's
     vectors mixed in. Blocking: when it fails, chunk_embeddings does not start and nothing is paid for."""
     probe = os.environ.get("EMBED_PROBE", "").strip().lower() in ("1", "true", "yes")
-    report = check_configuration(
-        embedder.spec,
-        store.url,
-        embedder.api_key_present(),
-        (lambda: _probe(embedder)) if probe else None,
-    )
+    report = configuration_report(store, embedder, probe)
     metadata: dict[str, object] = {k: str(v) for k, v in report.facts.items()}
     if store._url:
         metadata["database_url"] = redact_url(store._url)

@@ -49,10 +49,12 @@ def check_configuration(
         with connect(url) as conn:
             report.facts["database"] = "reachable"
             ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-            if ext is None:
+            if ext is None and _can_create_pgvector(conn):
+                report.facts["pgvector"] = "not installed yet; `embed-assets migrate` creates it"
+            elif ext is None:
                 report.fail(
-                    "the pgvector extension is not installed in the vector database; run "
-                    "CREATE EXTENSION vector (as a superuser) or enable it in your provider's dashboard"
+                    "the pgvector extension is not installed in the vector database and this role may not create "
+                    "it; an admin runs CREATE EXTENSION vector (on Supabase: Database > Extensions)"
                 )
             else:
                 report.facts["pgvector"] = ext[0]
@@ -67,6 +69,16 @@ def check_configuration(
         except EmbedAssetsError as e:
             report.fail(f"live probe failed: {e}")
     return report
+
+
+def _can_create_pgvector(conn: psycopg.Connection) -> bool:
+    """A superuser, or a role with CREATE on the database when pgvector's default version is trusted."""
+    row = conn.execute(
+        """SELECT r.rolsuper OR (v.trusted AND has_database_privilege(current_database(), 'CREATE'))
+           FROM pg_roles r, pg_available_extension_versions v JOIN pg_available_extensions a USING (name)
+           WHERE r.rolname = current_user AND v.name = 'vector' AND v.version = a.default_version"""
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _check_vectors(conn: psycopg.Connection, spec: ModelSpec | None, report: ConfigReport) -> None:
