@@ -20,10 +20,11 @@ WORKSPACE = """load_from:
 # The repository's dagster.yaml, for an installed package (no checkout to copy it from).
 # embed_assets_tests/test_dagster_home.py fails when the two differ.
 PACKAGED_DAGSTER_YAML = """\
-# Dagster instance for embed_assets. Point DAGSTER_HOME at this folder (the repository root).
-# Storage lives in database `dagster` on the project's Postgres: the embedded server under EMBED_HOME by
-# default, the EMBED_DATABASE_URL server in production (or EMBED_DAGSTER_DATABASE_URL). See
-# embed_assets/instance.py for how the URL is resolved.
+# Dagster instance for embed_assets: DAGSTER_HOME is the folder that holds this file (the repository root,
+# or a folder of its own: `embed-assets` writes this file into an empty one).
+# Storage: database `dagster` on the embedded server under EMBED_HOME by default; schema `dagster` of the
+# EMBED_DATABASE_URL database in production (or EMBED_DAGSTER_DATABASE_URL: a session-mode or direct URL,
+# never a transaction pooler). See embed_assets/instance.py and lib/db/connection.py for how it is resolved.
 run_storage:
   module: embed_assets.instance
   class: EmbedRunStorage
