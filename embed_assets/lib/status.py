@@ -100,6 +100,43 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
     )
 
 
+@dataclass(frozen=True)
+class Trend:
+    """The numbers the scheduled health evaluation records; each is the SQL below, reproducible by a user."""
+
+    oldest_pending_minutes: float | None  # the longest a current transcript has waited for its vectors
+    vectors_last_hour: int
+    tokens_last_hour: int  # tokens of the chunks whose vectors were written in the last hour
+    tokens_last_24h: int
+
+
+def trend(conn: psycopg.Connection, model: str) -> Trend:
+    pending = conn.execute(
+        q(
+            conn,
+            """SELECT extract(epoch FROM now() - min(r.updated_at)) / 60
+               FROM {s}.recordings r
+               LEFT JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s
+               WHERE e.source_hash IS DISTINCT FROM r.content_hash""",
+        ),
+        (model,),
+    ).fetchone()[0]
+    row = conn.execute(
+        q(
+            conn,
+            """SELECT count(*) FILTER (WHERE v.embedded_at > now() - interval '1 hour'),
+                      coalesce(sum(c.token_count) FILTER (WHERE v.embedded_at > now() - interval '1 hour'), 0),
+                      coalesce(sum(c.token_count), 0)
+               FROM {s}.chunk_vectors v
+               JOIN {s}.chunks c ON c.recording_id = v.recording_id AND c.model = v.model
+                                AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash
+               WHERE v.model = %s AND v.embedded_at > now() - interval '24 hours'""",
+        ),
+        (model,),
+    ).fetchone()
+    return Trend(float(pending) if pending is not None else None, int(row[0]), int(row[1]), int(row[2]))
+
+
 def verdict(s: DbStatus, failed: int, dead_lettered: int, t: Thresholds = Thresholds()) -> tuple[str, list[str]]:
     """("healthy" | "warning" | "critical", reasons) by DESIGN.md's thresholds."""
     reasons: list[tuple[str, str]] = []

@@ -1,0 +1,72 @@
+"""Health on a clock: `pipeline_health`, materialized by the `evaluate_health` schedule every 5 minutes whether or
+not any embedding run happens (the daemon down is the one thing it cannot see: that is the heartbeat's job, not
+built yet). Why an asset and not the checks on a schedule: each materialization stores its numbers as metadata,
+and Dagster plots numeric metadata over time on the asset's page (*Catalog -> pipeline_health -> Plots*): that
+plot is the trend dashboard, with no other service. The verdict is the same as `embed-assets status`'s."""
+
+import os
+
+import dagster as dg
+from dagster._utils.schedules import is_valid_cron_string
+
+from embed_assets.defs.checks import pipeline_health as health_numbers
+from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.status import trend
+
+DEFAULT_HEALTH_CRON = "*/5 * * * *"
+
+
+def health_cron() -> str:
+    """EMBED_HEALTH_CRON: when health is evaluated (read when the code location loads)."""
+    cron = os.environ.get("EMBED_HEALTH_CRON", "").strip() or DEFAULT_HEALTH_CRON
+    if not is_valid_cron_string(cron):
+        raise ConfigError(
+            f"EMBED_HEALTH_CRON={cron!r} is not a cron expression; use five fields, e.g. {DEFAULT_HEALTH_CRON!r}"
+        )
+    return cron
+
+
+@dg.asset(group_name="monitoring")
+def pipeline_health(
+    context: dg.AssetExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
+) -> dg.MaterializeResult:
+    """Completion, pending, failed, dead-lettered, oldest pending age, vectors and tokens per hour and the
+    estimated cost per day, evaluated on a clock; the Plots tab shows them over time. The verdict is in the
+    description (healthy / warning / critical, with the reasons)."""
+    spec = embedder.spec()
+    h = health_numbers(context.instance, store, spec.model_id)
+    with store.connect() as conn:
+        t = trend(conn, spec.model_id)
+    db = h["db"]
+    cost_per_day = t.tokens_last_24h * spec.usd_per_million_tokens / 1e6
+    return dg.MaterializeResult(
+        metadata={
+            "verdict": h["verdict"],
+            "completion_pct": dg.MetadataValue.float(round(100 * db.completion_rate, 3)),
+            "recordings": db.recordings,
+            "pending": db.pending,
+            "failed": len(h["failed"]),
+            "dead_lettered": len(h["dead_lettered"]),
+            "oldest_pending_minutes": dg.MetadataValue.float(round(t.oldest_pending_minutes or 0.0, 1)),
+            "vectors_last_hour": t.vectors_last_hour,
+            "tokens_last_hour": t.tokens_last_hour,
+            "estimated_cost_usd_per_day": dg.MetadataValue.float(round(cost_per_day, 6)),
+            "model": spec.model_id,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in h["reasons"]) or "none"),
+        },
+    )
+
+
+health_check = dg.define_asset_job(
+    name="health_check",
+    selection=dg.AssetSelection.assets(pipeline_health),
+    description="Evaluate pipeline health once (the evaluate_health schedule runs it every 5 minutes).",
+)
+
+
+@dg.schedule(job=health_check, cron_schedule=health_cron(), default_status=dg.DefaultScheduleStatus.RUNNING)
+def evaluate_health(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Every 5 minutes (EMBED_HEALTH_CRON), whether or not embedding runs happen: one small run that records
+    the health numbers (pipeline_health)."""
+    return dg.RunRequest(run_key=f"health-{context.scheduled_execution_time:%Y%m%dT%H%M}")
