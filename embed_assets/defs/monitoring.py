@@ -35,6 +35,7 @@ def pipeline_health(
     estimated cost per day, evaluated on a clock; the Plots tab shows them over time. The verdict is in the
     description (healthy / warning / critical, with the reasons)."""
     spec = embedder.spec()
+    store.ensure_schema(spec.dimension)  # a fresh install evaluated before its first load has nothing to fail on
     h = health_numbers(context.instance, store, spec.model_id)
     with store.connect() as conn:
         t = trend(conn, spec.model_id)
