@@ -9,6 +9,7 @@ import os
 import dagster as dg
 from dagster._utils.schedules import is_valid_cron_string
 
+from embed_assets.defs.assets import GROUP
 from embed_assets.defs.checks import pipeline_health as health_numbers
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.errors import ConfigError
@@ -27,7 +28,7 @@ def health_cron() -> str:
     return cron
 
 
-@dg.asset(group_name="monitoring")
+@dg.asset(group_name=GROUP)  # one group: the lineage view shows every asset expanded
 def pipeline_health(
     context: dg.AssetExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
