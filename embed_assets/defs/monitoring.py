@@ -4,28 +4,20 @@ built yet). Why an asset and not the checks on a schedule: each materialization 
 and Dagster plots numeric metadata over time on the asset's page (*Catalog -> pipeline_health -> Plots*): that
 plot is the trend dashboard, with no other service. The verdict is the same as `embed-assets status`'s."""
 
-import os
-
 import dagster as dg
-from dagster._utils.schedules import is_valid_cron_string
 
 from embed_assets.defs.assets import GROUP
 from embed_assets.defs.checks import pipeline_health as health_numbers
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.errors import ConfigError
+from embed_assets.defs.schedules import cron_setting
 from embed_assets.lib.status import trend
 
 DEFAULT_HEALTH_CRON = "*/5 * * * *"
 
 
 def health_cron() -> str:
-    """EMBED_HEALTH_CRON: when health is evaluated (read when the code location loads)."""
-    cron = os.environ.get("EMBED_HEALTH_CRON", "").strip() or DEFAULT_HEALTH_CRON
-    if not is_valid_cron_string(cron):
-        raise ConfigError(
-            f"EMBED_HEALTH_CRON={cron!r} is not a cron expression; use five fields, e.g. {DEFAULT_HEALTH_CRON!r}"
-        )
-    return cron
+    """EMBED_HEALTH_CRON: when health is evaluated."""
+    return cron_setting("EMBED_HEALTH_CRON", DEFAULT_HEALTH_CRON)
 
 
 @dg.asset(group_name=GROUP)  # one group: the lineage view shows every asset expanded

@@ -17,14 +17,17 @@ from embed_assets.lib.settings import automation_settings
 DEFAULT_RETRY_CRON = "*/15 * * * *"
 
 
-def retry_cron() -> str:
-    """EMBED_RETRY_CRON: when the retry schedule ticks (read when the code location loads)."""
-    cron = os.environ.get("EMBED_RETRY_CRON", "").strip() or DEFAULT_RETRY_CRON
+def cron_setting(name: str, default: str) -> str:
+    """A cron expression from the environment variable ``name`` (read when the code location loads)."""
+    cron = os.environ.get(name, "").strip() or default
     if not is_valid_cron_string(cron):
-        raise ConfigError(
-            f"EMBED_RETRY_CRON={cron!r} is not a cron expression; use five fields, e.g. {DEFAULT_RETRY_CRON!r}"
-        )
+        raise ConfigError(f"{name}={cron!r} is not a cron expression; use five fields, e.g. {default!r}")
     return cron
+
+
+def retry_cron() -> str:
+    """EMBED_RETRY_CRON: when the retry schedule ticks."""
+    return cron_setting("EMBED_RETRY_CRON", DEFAULT_RETRY_CRON)
 
 
 @dg.schedule(

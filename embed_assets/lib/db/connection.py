@@ -223,7 +223,7 @@ def connect(
 
 def connection_problem(url: str, e: BaseException, setting: str) -> str:
     """One line that names the setting and the fix, for each way a connection attempt fails."""
-    text, where = _first_line(e), redact_url(url)
+    text, where = first_line(e), redact_url(url)
     low = str(e).lower()
     if "authentication failed" in low or "no password supplied" in low:
         return f"the server refused the user or password in {setting} ({where}); fix the password in {setting}"
@@ -271,6 +271,6 @@ def register_vector_types(conn: psycopg.Connection) -> None:
     _REGISTERED.add(conn)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

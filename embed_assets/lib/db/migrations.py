@@ -19,6 +19,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from embed_assets.lib.db.connection import first_line
 from embed_assets.lib.db.names import forget, names, q, schema_name
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.indexes import default_strategy
@@ -319,7 +320,7 @@ def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
     except pg_errors.InsufficientPrivilege as e:
         user = current_role(conn)
         raise ConfigError(
-            f"role {user!r} may not change schema {schema!r} ({_first_line(e)}). Run `embed-assets migrate` once "
+            f"role {user!r} may not change schema {schema!r} ({first_line(e)}). Run `embed-assets migrate` once "
             f"as the schema's owner (a role with CREATE on the database), or have an admin run: "
             f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {user};"
         ) from None
@@ -427,8 +428,3 @@ def check_access(conn: psycopg.Connection) -> None:
 def current_role(conn: psycopg.Connection) -> str:
     """The role privileges are checked against (after SET ROLE too, unlike the login user)."""
     return str(conn.execute("SELECT current_user").fetchone()[0])
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
