@@ -79,7 +79,7 @@ def register_partitions(ids: list[str]) -> int:
 
 
 def _load(transcripts, problems, register: bool) -> Counter:
-    from embed_assets.lib.sources import upsert_transcript
+    from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.transcripts import reject_duplicates
 
     transcripts, dup_problems = reject_duplicates(transcripts)
@@ -232,7 +232,7 @@ def embed(
     from embed_assets.console.summary import print_summary
     from embed_assets.definitions import defs
     from embed_assets.lib.db.connection import connect, vector_database_url
-    from embed_assets.lib.discovery import embedded_ids
+    from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
     ordered = instance.get_dynamic_partitions(PARTITIONS)

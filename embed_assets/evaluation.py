@@ -47,7 +47,7 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     from embed_assets.lib.db.connection import connect, vector_database_url
     from embed_assets.lib.db.migrations import migrate
     from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording
-    from embed_assets.lib.sources import upsert_transcript
+    from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.tokenizers import token_counter
     from embed_assets.lib.transcripts import expand_paths, parse_file, reject_duplicates
 

@@ -12,7 +12,7 @@ import pytest
 from embed_assets.definitions import defs
 from embed_assets.defs.config import SMALL_BATCH, load_preset
 from embed_assets.lib.sample import sample_transcripts
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
 

@@ -10,7 +10,7 @@ import pytest
 
 from embed_assets.defs.checks import chunk_integrity, completion_rate
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.status import DbStatus, Thresholds, verdict
+from embed_assets.lib.health.status import DbStatus, Thresholds, verdict
 from embed_assets_tests.test_assets import load, run, short
 
 MODEL = "text-embedding-3-small@384"

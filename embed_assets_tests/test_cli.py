@@ -156,7 +156,7 @@ def test_search_returns_the_design_fields(conn: psycopg.Connection, fake_openai)
     from embed_assets.lib.chunking import ChunkParams
     from embed_assets.lib.models import resolve_model
     from embed_assets.lib.pipeline import chunk_recording, embed_recording
-    from embed_assets.lib.sources import upsert_transcript
+    from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.transcripts import Segment, Transcript
     from embed_assets_tests.test_store import HashEmbedder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from embed_assets.lib.health import check_configuration
+from embed_assets.lib.health.config import check_configuration
 from embed_assets.lib.models import resolve_model
 
 MINI = lambda: resolve_model("local", "all-MiniLM-L6-v2")  # noqa: E731

@@ -120,7 +120,7 @@ def test_sample_embed_status_search_sensor_and_schedule_through_the_transaction_
 def test_a_worker_without_ddl_rights_runs_once_the_owner_granted_it(
     hosted: Hosted, migrated: dict, tmp_path: Path
 ) -> None:
-    from embed_assets.lib.health import check_configuration
+    from embed_assets.lib.health.config import check_configuration
     from embed_assets.lib.models import resolve_model
 
     env = env_for(hosted, WORKER, tmp_path)

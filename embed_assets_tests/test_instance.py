@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from embed_assets.definitions import defs
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.conftest import REPO
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 
 from embed_assets.lib.chunking import ChunkParams
-from embed_assets.lib.integrity import check_integrity
+from embed_assets.lib.health.integrity import check_integrity
 from embed_assets.lib.pipeline import chunk_recording, embed_recording
-from embed_assets.lib.sources import read_recording, upsert_transcript
+from embed_assets.lib.sources.tables import read_recording, upsert_transcript
 from embed_assets.lib.transcripts import Transcript, parse_file
 from embed_assets_tests.test_store import SPEC, HashEmbedder
 

@@ -11,7 +11,7 @@ from embed_assets.lib.db.migrations import LATEST, MIGRATIONS, migrate, schema_v
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.pipeline import chunk_recording
 from embed_assets.lib.search.query import search
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.store import plan_embeddings
 from embed_assets_tests.support.dagster_dev import drop_database, fresh_database
 from embed_assets_tests.test_store import PARAMS, SPEC, transcript, vector_for

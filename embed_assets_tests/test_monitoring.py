@@ -13,7 +13,7 @@ from embed_assets.defs.monitoring import evaluate_health, health_cron, pipeline_
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.pipeline import chunk_recording, embed_recording
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets_tests.test_store import PARAMS, SPEC, HashEmbedder, transcript
 
 

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from embed_assets.lib.db.connection import stop_embedded_server, vector_database_url
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.conftest import REPO
 from embed_assets_tests.support.openai_server import FakeOpenAI

@@ -16,7 +16,7 @@ from embed_assets.lib.embedders import LocalEmbedderConfig
 from embed_assets.lib.pipeline import chunk_recording, embed_recording
 from embed_assets.lib.search.evaluate import LabelledQuery, evaluate, random_baseline
 from embed_assets.lib.search.query import search
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.test_cli import cli
 

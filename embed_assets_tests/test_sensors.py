@@ -13,7 +13,7 @@ import pytest
 
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.sensors import new_recordings_sensor
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 
 RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}

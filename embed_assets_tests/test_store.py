@@ -14,7 +14,7 @@ from embed_assets.lib.chunking import ChunkParams
 from embed_assets.lib.db.migrations import MIGRATIONS, migrate, schema_version, vector_dimension
 from embed_assets.lib.models import resolve_model
 from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording, embed_recording
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.store import SourceChangedError, plan_embeddings
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.support.openai_server import vector_for

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from embed_assets.lib.sample import sample_transcripts
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets_tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from embed_assets_tests.support.dagster_dev import REPO, DagsterDev, alive, make_home
 

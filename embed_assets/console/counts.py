@@ -13,7 +13,7 @@ from datetime import datetime
 import psycopg
 
 from embed_assets.lib.db.names import q
-from embed_assets.lib.discovery import db_now
+from embed_assets.lib.sources.discovery import db_now
 
 
 class SessionCounts:

@@ -17,8 +17,8 @@ from embed_assets.console.display import Display, LiveDisplay, Snapshot, open_di
 from embed_assets.console.events import LOGGER_KEY, RunEvents, RunReport, first_line, logger_definition
 from embed_assets.console.summary import Summary
 from embed_assets.lib.errors import EmbedAssetsError
+from embed_assets.lib.health.status import last_errors
 from embed_assets.lib.models import ModelSpec
-from embed_assets.lib.status import last_errors
 
 POLL_S = 1.0  # how often the live display counts the current run's finished recordings in the database
 MIN_POLL_S = 0.2

@@ -11,11 +11,11 @@ from embed_assets.defs.health import failure_state
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.db.connection import redact_url
-from embed_assets.lib.discovery import source_hashes
-from embed_assets.lib.health import ConfigReport, check_configuration
-from embed_assets.lib.integrity import check_integrity
+from embed_assets.lib.health.config import ConfigReport, check_configuration
+from embed_assets.lib.health.integrity import check_integrity
+from embed_assets.lib.health.status import db_status, last_errors, verdict
 from embed_assets.lib.settings import automation_settings
-from embed_assets.lib.status import db_status, last_errors, verdict
+from embed_assets.lib.sources.discovery import source_hashes
 
 
 def _probe(embedder: EmbedderResource) -> None:

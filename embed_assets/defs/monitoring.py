@@ -10,7 +10,7 @@ from embed_assets.defs.assets import GROUP
 from embed_assets.defs.checks import pipeline_health as health_numbers
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.schedules import cron_setting
-from embed_assets.lib.status import trend
+from embed_assets.lib.health.status import trend
 
 DEFAULT_HEALTH_CRON = "*/5 * * * *"
 

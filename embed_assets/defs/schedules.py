@@ -10,9 +10,9 @@ from embed_assets.defs.health import RETRY_TRIGGER, SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import VectorStoreResource
-from embed_assets.lib.discovery import source_hashes
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.settings import automation_settings
+from embed_assets.lib.sources.discovery import source_hashes
 
 DEFAULT_RETRY_CRON = "*/15 * * * *"
 

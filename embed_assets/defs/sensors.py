@@ -9,8 +9,8 @@ from embed_assets.defs.health import SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
 from embed_assets.lib.settings import automation_settings
+from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
 
 
 def run_key(recording_id: str, model_id: str, content_hash: str) -> str:

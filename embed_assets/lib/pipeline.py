@@ -14,7 +14,7 @@ from embed_assets.lib.db.names import q
 from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
-from embed_assets.lib.sources import read_recording
+from embed_assets.lib.sources.tables import read_recording
 from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.tokenizers import token_counter
 

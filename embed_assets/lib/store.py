@@ -22,7 +22,7 @@ from embed_assets.lib.db.migrations import vector_dimension
 from embed_assets.lib.db.names import q
 from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
-from embed_assets.lib.sources import lock_recording
+from embed_assets.lib.sources.tables import lock_recording
 
 
 class SourceChangedError(EmbedAssetsError):

@@ -24,7 +24,7 @@ from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.models import resolve_model
 from embed_assets.lib.sample import sample_transcripts
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.tokenizers import token_counter
 from embed_assets_tests.bench.report import Figure, Report
 from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home

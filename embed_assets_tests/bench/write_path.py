@@ -14,7 +14,7 @@ from psycopg import sql
 
 from embed_assets.lib.chunking import Chunk
 from embed_assets.lib.db.migrations import migrate
-from embed_assets.lib.sources import upsert_transcript
+from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.store import plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.bench.report import Figure, Report

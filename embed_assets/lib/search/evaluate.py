@@ -28,7 +28,7 @@ import psycopg
 from embed_assets.lib.db.names import q
 from embed_assets.lib.errors import InputError
 from embed_assets.lib.search.query import MODES, search
-from embed_assets.lib.sources import read_recording
+from embed_assets.lib.sources.tables import read_recording
 
 KS = (1, 3, 5, 10)
 WINDOW_CHARS, WINDOW_OVERLAP = 1000, 200
