@@ -384,21 +384,26 @@ def check(
 ) -> None:
     """Preflight for deploy pipelines: every setting and secret the configured provider needs, the database
     reachable with pgvector and the right dimension; exit 0 only when runs can work. The same function as
-    the blocking `embedding_config_valid` check."""
+    the blocking `embedding_config_valid` check. Also reports each configured alert channel as reachable or
+    not (no message is sent; an unreachable channel is a warning, not a failure)."""
+    from rich.markup import escape
+
     from embed_assets.defs.checks import configuration_report
     from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
     from embed_assets.lib.db.connection import redact_url
 
     store = VectorStoreResource()
-    report = configuration_report(store, EmbedderResource(), probe)
+    report = configuration_report(store, EmbedderResource(), probe, alerts=True)
     facts = {k: str(v) for k, v in report.facts.items()}
     if store._url:
         facts["database_url"] = redact_url(store._url)
     if as_json:
-        print(json.dumps({"ok": report.ok, "problems": report.problems, "facts": facts}))
+        print(json.dumps({"ok": report.ok, "problems": report.problems, "warnings": report.warnings, "facts": facts}))
     else:
         for k, v in facts.items():
             out.print(f"{k}: {v}", highlight=False, markup=False)
+        for w in report.warnings:
+            err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
         for p in report.problems:
             err.print(f"[red]problem:[/red] {p}", highlight=False)
         out.print("ok: runs can work" if report.ok else f"{len(report.problems)} problem(s)", highlight=False)

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from embed_assets.defs.alerts import health_alerts
 from embed_assets.defs.assets import chunk_embeddings, transcript_chunks
 from embed_assets.defs.checks import chunk_integrity, completion_rate, embedding_config_valid
 from embed_assets.defs.jobs import embed_recordings
@@ -14,7 +15,7 @@ defs = dg.Definitions(
     assets=[transcript_chunks, chunk_embeddings, pipeline_health],
     asset_checks=[embedding_config_valid, completion_rate, chunk_integrity],
     jobs=[embed_recordings, health_check],
-    sensors=[new_recordings_sensor],
+    sensors=[new_recordings_sensor, health_alerts],
     schedules=[retry_failed_recordings, evaluate_health],
     resources={"store": VectorStoreResource(), "embedder": EmbedderResource()},
     # Every run's steps are a chain (chunks -> config check -> embeddings -> two checks): a process per step

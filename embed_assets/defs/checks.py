@@ -11,6 +11,8 @@ from embed_assets.defs.health import failure_state
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.db.connection import redact_url
+from embed_assets.lib.health.alert_settings import alert_settings
+from embed_assets.lib.health.channels import reachability
 from embed_assets.lib.health.config import ConfigReport, check_configuration
 from embed_assets.lib.health.integrity import check_integrity
 from embed_assets.lib.health.status import db_status, last_errors, verdict
@@ -26,13 +28,18 @@ def _probe(embedder: EmbedderResource) -> None:
         client.close()
 
 
-def configuration_report(store: VectorStoreResource, embedder: EmbedderResource, probe: bool) -> ConfigReport:
-    """The one configuration check: the blocking asset check below and the `embed-assets check` preflight."""
+def configuration_report(
+    store: VectorStoreResource, embedder: EmbedderResource, probe: bool, alerts: bool = False
+) -> ConfigReport:
+    """The one configuration check: the blocking asset check below and the `embed-assets check` preflight.
+    ``alerts``: also probe the alert channels (the preflight does; the blocking check does not, since an alert
+    channel being down must never stop embedding)."""
     return check_configuration(
         embedder.spec,
         store.url,
         embedder.api_key_present(),
         (lambda: _probe(embedder)) if probe else None,
+        (lambda: reachability(alert_settings())) if alerts else None,
     )
 
 

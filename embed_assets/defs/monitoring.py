@@ -1,16 +1,17 @@
 """Health on a clock: `pipeline_health`, materialized by the `evaluate_health` schedule every 5 minutes whether or
-not any embedding run happens (the daemon down is the one thing it cannot see: that is the heartbeat's job, not
-built yet). Why an asset and not the checks on a schedule: each materialization stores its numbers as metadata,
+not any embedding run happens (the daemon down is the one thing it cannot see: that is the heartbeat's job, see
+defs/alerts.py). Why an asset and not the checks on a schedule: each materialization stores its numbers as metadata,
 and Dagster plots numeric metadata over time on the asset's page (*Catalog -> pipeline_health -> Plots*): that
 plot is the trend dashboard, with no other service. The verdict is the same as `embed-assets status`'s."""
 
 import dagster as dg
 
 from embed_assets.defs.assets import GROUP
+from embed_assets.defs.checks import configuration_report
 from embed_assets.defs.checks import pipeline_health as health_numbers
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.schedules import cron_setting
-from embed_assets.lib.health.status import trend
+from embed_assets.lib.health.status import trend, with_configuration
 
 DEFAULT_HEALTH_CRON = "*/5 * * * *"
 
@@ -25,18 +26,22 @@ def pipeline_health(
     context: dg.AssetExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
     """Completion, pending, failed, dead-lettered, oldest pending age, vectors and tokens per hour and the
-    estimated cost per day, evaluated on a clock; the Plots tab shows them over time. The verdict is in the
-    description (healthy / warning / critical, with the reasons)."""
+    estimated cost per day, evaluated on a clock; the Plots tab shows them over time. The verdict (healthy /
+    warning / critical) comes with its reasons; a configuration problem (the blocking check's own finding, e.g.
+    a missing OPENAI_API_KEY where runs execute) makes it critical and is recorded as the concrete cause that
+    the alerts (health_alerts sensor) send."""
     spec = embedder.spec()
     store.ensure_schema(spec.dimension)  # a fresh install evaluated before its first load has nothing to fail on
     h = health_numbers(context.instance, store, spec.model_id)
+    problems = configuration_report(store, embedder, probe=False).problems
+    level, reasons = with_configuration(h["verdict"], h["reasons"], problems)
     with store.connect() as conn:
         t = trend(conn, spec.model_id)
     db = h["db"]
     cost_per_day = t.tokens_last_24h * spec.usd_per_million_tokens / 1e6
     return dg.MaterializeResult(
         metadata={
-            "verdict": h["verdict"],
+            "verdict": level,
             "completion_pct": dg.MetadataValue.float(round(100 * db.completion_rate, 3)),
             "recordings": db.recordings,
             "pending": db.pending,
@@ -47,7 +52,8 @@ def pipeline_health(
             "tokens_last_hour": t.tokens_last_hour,
             "estimated_cost_usd_per_day": dg.MetadataValue.float(round(cost_per_day, 6)),
             "model": spec.model_id,
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in h["reasons"]) or "none"),
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
+            "causes": dg.MetadataValue.json({"problems": problems, "reasons": h["reasons"]}),  # read by the alerts
         },
     )
 

@@ -19,6 +19,7 @@ class ConfigReport:
     ok: bool = True
     problems: list[str] = field(default_factory=list)  # each names the fix
     facts: dict[str, object] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # worth fixing, but runs can work
 
     def fail(self, problem: str) -> None:
         self.ok = False
@@ -30,8 +31,12 @@ def check_configuration(
     database_url: Callable[[], str],
     api_key_present: bool,
     probe: Callable[[], None] | None = None,
+    alert_channels: Callable[[], list[tuple[str, bool, str]]] | None = None,
 ) -> ConfigReport:
-    """Every property that must hold before paying for embeddings; each failure names its fix."""
+    """Every property that must hold before paying for embeddings; each failure names its fix. With
+    ``alert_channels`` (channel, reachable, how) also whether each configured alert channel is reachable:
+    a malformed alert setting is a problem, an unreachable channel only a warning (runs can still work), an
+    unconfigured one neither (alerts are off by default)."""
     report = ConfigReport()
     spec: ModelSpec | None = None
     try:
@@ -68,7 +73,28 @@ def check_configuration(
             report.facts["probe"] = "one live request accepted"
         except EmbedAssetsError as e:
             report.fail(f"live probe failed: {e}")
+    if alert_channels is not None:
+        _check_alert_channels(alert_channels, report)
     return report
+
+
+def _check_alert_channels(probe: Callable[[], list[tuple[str, bool, str]]], report: ConfigReport) -> None:
+    try:
+        results = probe()
+    except ConfigError as e:
+        report.fail(str(e))
+        return
+    if not results:
+        report.facts["alert_channels"] = "none configured (alerts off)"
+    for name, reachable, how in results:
+        report.facts[f"alert_{name}"] = how
+        if not reachable:
+            report.warnings.append(
+                f"alert channel {name} is {how}; alerts will be retried and logged, not delivered, until it is"
+            )
+    if results:
+        ok = all(r[1] for r in results)
+        report.facts["alert_channels"] = "reachable" if ok else "some not reachable (see warnings)"
 
 
 def _can_create_pgvector(conn: psycopg.Connection) -> bool:

@@ -157,6 +157,13 @@ def verdict(s: DbStatus, failed: int, dead_lettered: int, t: Thresholds = Thresh
     return level, [r[1] for r in reasons]
 
 
+def with_configuration(level: str, reasons: list[str], problems: list[str]) -> tuple[str, list[str]]:
+    """A configuration problem (the preflight's findings) means no run can work: critical, whatever the numbers."""
+    if not problems:
+        return level, reasons
+    return "critical", [*problems, *reasons]
+
+
 def last_errors(conn: psycopg.Connection, model: str, ids: list[str]) -> dict[str, dict[str, object]]:
     """The last recorded error of each recording in ``ids`` (for the current transcript or an earlier one)."""
     rows = conn.execute(
