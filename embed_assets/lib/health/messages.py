@@ -86,9 +86,18 @@ def _failures(w: FailureWindow | None) -> list[str]:
     return lines
 
 
+def _headline(problem: str) -> str:
+    """What is wrong, without the fix: the configuration check writes "<what is wrong>; <the fix>"."""
+    return problem.split("; ", 1)[0]
+
+
+def _fix(problem: str) -> str:
+    return problem.split("; ", 1)[1] if "; " in problem else problem
+
+
 def advice(o: Observation) -> list[str]:
     """What to do, from the concrete causes: configuration problems first (each names its own fix)."""
-    todo = [f"{p}; then {RELAUNCH}" for p in o.problems]
+    todo = [f"{_fix(p)}, then {RELAUNCH}" for p in o.problems]
     if o.dead_lettered:
         todo.append(
             f"{o.dead_lettered} recording(s) are dead-lettered (no more automatic retries): `embed-assets status` "
@@ -126,7 +135,7 @@ def state_change(previous: str, o: Observation, since: datetime, window: Failure
             "Nothing to do.",
         ]
     else:
-        title = f"[embed_assets] {label}: {(o.problems or o.reasons or ('unhealthy',))[0]}"[:200]
+        title = f"[embed_assets] {label}: {_headline((*o.problems, *o.reasons, 'unhealthy')[0])}"[:200]
         lines = [
             f"embed_assets is {label} ({o.verdict}) since {_when(since)}, previously {LABELS.get(previous, previous)}.",
             "What is wrong:",
