@@ -1,6 +1,7 @@
 """Real receivers on loopback for the alert tests (test support, not product code): an HTTP server that
 plays a Slack incoming webhook, a generic JSON webhook and a heartbeat endpoint, and an SMTP server
-(aiosmtpd). Each records what it received; the HTTP one can be told to fail the next N requests."""
+(aiosmtpd). Each records what it received; the HTTP one can be told to fail the next N requests to a path (503), and
+answers 404 under /gone (a revoked webhook)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class HttpReceiver:
     """``with HttpReceiver() as r: r.url("/slack")``; ``r.received("/slack")`` lists the POSTs there."""
 
     requests: list[Received] = field(default_factory=list)
-    fail_next: int = 0  # answer this many upcoming POST/GET requests with HTTP 503
+    failing: dict[str, int] = field(default_factory=dict)  # path -> upcoming POST/GETs to answer with 503
     failed: int = 0
 
     def __enter__(self) -> HttpReceiver:
@@ -39,13 +40,13 @@ class HttpReceiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with lock:
-                    failing = method != "HEAD" and receiver.fail_next > 0
+                    failing = method != "HEAD" and receiver.failing.get(self.path, 0) > 0
                     if failing:
-                        receiver.fail_next -= 1
+                        receiver.failing[self.path] -= 1
                         receiver.failed += 1
                     else:
                         receiver.requests.append(Received(method, self.path, body))
-                self.send_response(503 if failing else 200)
+                self.send_response(503 if failing else 404 if self.path.startswith("/gone") else 200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 if method != "HEAD":
@@ -71,6 +72,10 @@ class HttpReceiver:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def fail(self, path: str, n: int) -> None:
+        """Answer the next ``n`` POST/GET requests to ``path`` with HTTP 503."""
+        self.failing[path] = n
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
