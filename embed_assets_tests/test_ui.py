@@ -3,8 +3,8 @@ with three embedded recordings and one whose run failed, driven by headless Chro
 
 Asserts what a user sees: the lineage graph with both assets, the partitions view with every recording key
 and the failed one marked (and filterable), the three checks with their last result, the sensor ticking
-and the schedule. Screenshots go to test-artifacts/browser/. Skipped, with the reason printed, only where
-Debian's chromium is not installed (`make test` installs it).
+and the schedule, and the health trend plot of `pipeline_health`. Screenshots go to test-artifacts/browser/.
+Skipped, with the reason printed, only where Debian's chromium is not installed (`make test` installs it).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def browser() -> Iterator[object]:
 
 
 def populate(home: Path, conn: psycopg.Connection) -> list[str]:
-    """Four sample recordings: the last one's run fails (statement timeout), then the others embed."""
+    """Four sample recordings: the last one's run fails (statement timeout), then the others embed; health is
+    evaluated before, between and after (three points on the trend plot)."""
     from embed_assets.definitions import defs
 
     transcripts = sample_transcripts(4, seed=3, long_call=False)
@@ -49,12 +50,15 @@ def populate(home: Path, conn: psycopg.Connection) -> list[str]:
     keys = [t.recording_id for t in transcripts]
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("recordings", keys)
-    job = defs.resolve_job_def("embed_recordings")
+    job, health = defs.resolve_job_def("embed_recordings"), defs.resolve_job_def("health_check")
+    assert health.execute_in_process(instance=instance).success  # the trend's first point: nothing embedded
     assert not job.execute_in_process(
         instance=instance, partition_key=keys[3], run_config=TIGHT, raise_on_error=False
     ).success
+    assert health.execute_in_process(instance=instance).success
     range_tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[2]}
     assert job.execute_in_process(instance=instance, tags=range_tags, raise_on_error=False).success
+    assert health.execute_in_process(instance=instance).success  # 3 of 4 embedded
     instance.dispose()
     return keys
 
@@ -136,5 +140,14 @@ def test_the_ui_shows_assets_partitions_checks_and_automation(
         expect(page.get_by_role("row", name=re.compile(r"Latest tick .* 0 runs requested"))).to_be_visible()
         expect(page.get_by_text("rec-003-0003").first).to_be_visible()  # the cursor reached the last row
         shot("7-sensor-ticks")
+
+        # The health trend: pipeline_health's numbers over its three evaluations (Overview -> Metadata -> Plots).
+        page.goto(f"{dev.url}/assets/pipeline_health")
+        page.get_by_role("button", name="Plots").click()
+        for label in ("completion_pct", "pending", "failed", "dead_lettered", "estimated_cost_usd_per_day"):
+            expect(page.get_by_text(label, exact=True).first).to_be_visible()
+        expect(page.locator("canvas").first).to_be_visible()
+        page.get_by_text("completion_pct", exact=True).first.scroll_into_view_if_needed()
+        shot("8-health-trend")
         pids = set(dev.pids)
     assert pids and not any(alive(p) for p in pids)

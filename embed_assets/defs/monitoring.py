@@ -1,7 +1,8 @@
 """Health on a clock: `pipeline_health`, materialized by the `evaluate_health` schedule every 5 minutes whether or
 not any embedding run happens (the daemon down is the one thing it cannot see: that is the heartbeat's job, see
 defs/alerts.py). Why an asset and not the checks on a schedule: each materialization stores its numbers as metadata,
-and Dagster plots numeric metadata over time on the asset's page (*Catalog -> pipeline_health -> Plots*): that
+and Dagster plots numeric metadata over time on the asset's page (*Catalog -> pipeline_health -> Overview ->
+Metadata -> Plots*): that
 plot is the trend dashboard, with no other service. The verdict is the same as `embed-assets status`'s."""
 
 import dagster as dg
@@ -26,10 +27,10 @@ def pipeline_health(
     context: dg.AssetExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
     """Completion, pending, failed, dead-lettered, oldest pending age, vectors and tokens per hour and the
-    estimated cost per day, evaluated on a clock; the Plots tab shows them over time. The verdict (healthy /
-    warning / critical) comes with its reasons; a configuration problem (the blocking check's own finding, e.g.
-    a missing OPENAI_API_KEY where runs execute) makes it critical and is recorded as the concrete cause that
-    the alerts (health_alerts sensor) send."""
+    estimated cost per day, evaluated on a clock; Overview -> Metadata -> Plots shows them over time. The
+    verdict (healthy / warning / critical) comes with its reasons; a configuration problem (the blocking
+    check's own finding, e.g. a missing OPENAI_API_KEY where runs execute) makes it critical and is recorded
+    as the concrete cause that the alerts (health_alerts sensor) send."""
     spec = embedder.spec()
     store.ensure_schema(spec.dimension)  # a fresh install evaluated before its first load has nothing to fail on
     h = health_numbers(context.instance, store, spec.model_id)
