@@ -147,6 +147,17 @@ def test_bad_settings_name_the_setting_and_never_echo_a_url(monkeypatch, env: di
     assert expected in str(e.value) and "\n" not in str(e.value) and "tok3n" not in str(e.value)
 
 
+def test_the_sensor_interval_is_configurable_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embed_assets.defs.alerts import alert_interval_s
+
+    assert alert_interval_s() == 60
+    monkeypatch.setenv("EMBED_ALERT_INTERVAL_S", "5")
+    assert alert_interval_s() == 5
+    monkeypatch.setenv("EMBED_ALERT_INTERVAL_S", "0.5")
+    with pytest.raises(ConfigError, match="EMBED_ALERT_INTERVAL_S='0.5' is not a whole number of seconds >= 1"):
+        alert_interval_s()
+
+
 def test_everything_is_off_by_default() -> None:
     s = alert_settings()
     assert s.channels == [] and s.heartbeat_url is None and not s.anything
