@@ -138,7 +138,7 @@ def _send(context: dg.SensorEvaluationContext, settings: AlertSettings, state: A
             context.log.info(f"alert '{m.kind}' delivered to {channel} (attempt {d.attempts})")
             outcome.append(f"{m.kind} -> {channel}: sent")
             continue
-        left = ticks_left.get((channel, id(m)), REDELIVERY_TICKS + 1) - 1
+        left = ticks_left.get((channel, id(m)), REDELIVERY_TICKS + 1) - 1 if d.attempts else 0  # 0: unconfigured
         if left > 0 and len(state.pending) < MAX_PENDING:
             state.pending.append(Pending(channel, m, left))
         verdict = f"will retry on the next {left} tick(s)" if left > 0 else "dropped"
