@@ -10,6 +10,7 @@ Skipped, with the reason printed, only where Debian's chromium is not installed 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from embed_assets.lib.sample import sample_transcripts
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets_tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from embed_assets_tests.support.dagster_dev import REPO, DagsterDev, alive, make_home
+from embed_assets_tests.support.receivers import HttpReceiver
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 TIGHT = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
@@ -37,6 +39,23 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def alert_ticks(dev: DagsterDev) -> list[dict]:
+    data = dev.graphql(
+        """{ sensorOrError(sensorSelector: {repositoryLocationName: "embed_assets", repositoryName: "__repository__",
+             sensorName: "health_alerts"}) { ... on Sensor { sensorState { ticks(limit: 10) { status } } } } }"""
+    )
+    return data["sensorOrError"]["sensorState"]["ticks"]
+
+
+def wait_for(predicate, what: str, timeout_s: float = WAIT_MS / 1000) -> None:
+    """Poll (coordination only: nothing is asserted about how long it took)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
 
 
 def populate(home: Path, conn: psycopg.Connection) -> list[str]:
@@ -63,8 +82,19 @@ def populate(home: Path, conn: psycopg.Connection) -> list[str]:
     return keys
 
 
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as r:
+        yield r
+
+
 def test_the_ui_shows_assets_partitions_checks_and_automation(
-    tmp_path: Path, conn: psycopg.Connection, dagster_db: str, browser, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    conn: psycopg.Connection,
+    dagster_db: str,
+    browser,
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: HttpReceiver,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -80,7 +110,11 @@ def test_the_ui_shows_assets_partitions_checks_and_automation(
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
 
-    dev = DagsterDev(home, {}, ARTIFACTS / "dagster-dev.log")
+    # The daemon's health_alerts sensor, every 5 s, posting to a loopback webhook (test_alerts.py covers the rest).
+    hook = receiver.url("/hooks/ui-test-token-31415")
+    dev = DagsterDev(
+        home, {"EMBED_ALERT_WEBHOOK_URL": hook, "EMBED_ALERT_INTERVAL_S": "5"}, ARTIFACTS / "dagster-dev.log"
+    )
     with dev:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(WAIT_MS)
@@ -149,5 +183,10 @@ def test_the_ui_shows_assets_partitions_checks_and_automation(
         expect(page.locator("canvas").first).to_be_visible()
         page.get_by_text("completion_pct", exact=True).first.scroll_into_view_if_needed()
         shot("8-health-trend")
+
+        # Under the real daemon: the warning (3 of 4 embedded) went out once, and not again on later ticks.
+        wait_for(lambda: len(alert_ticks(dev)) >= 3 and receiver.received("/hooks/ui-test-token-31415"), "alert ticks")
+        (warn,) = receiver.received("/hooks/ui-test-token-31415")
+        assert warn.json()["kind"] == "warn" and "1 of 4 recording(s) have no current vectors" in warn.json()["text"]
         pids = set(dev.pids)
     assert pids and not any(alive(p) for p in pids)
