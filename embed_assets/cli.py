@@ -426,6 +426,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "last_errors": h["errors"],
         "verdict": h["verdict"],
         "reasons": h["reasons"],
+        "source": h["source"],
     }
     if as_json:
         print(json.dumps(data, default=str))
@@ -435,8 +436,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(h['failed'])} failed, "
         f"{len(h['dead_lettered'])} dead-lettered, {s.never_embedded} never embedded, {s.stale} stale\n"
         f"completion {s.completion_rate:.1%}; {s.chunks} chunks, {s.vectors} vectors "
-        f"({s.vectors_last_hour} embedded in the last hour)",
+        f"({s.vectors_last_hour} embedded in the last hour)\n"
+        f"source: {h['source']}; {s.unreadable_source_rows} unreadable source row(s)",
         highlight=False,
+        markup=False,
     )
     for rid in (h["dead_lettered"] + h["failed"])[:20]:
         e = h["errors"].get(rid, {})

@@ -12,10 +12,13 @@ from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
 from embed_assets.lib.models import ModelSpec, resolve_model
 from embed_assets.lib.settings import DEFAULT_MODELS, load_settings
+from embed_assets.lib.sources.definition import configured_definition
+from embed_assets.lib.sources.external import ExternalSource
 
 
 class VectorStoreResource(dg.ConfigurableResource):
-    """Postgres + pgvector: EMBED_DATABASE_URL, or the embedded server under EMBED_HOME when unset."""
+    """Postgres + pgvector: EMBED_DATABASE_URL, or the embedded server under EMBED_HOME when unset; and where
+    its transcripts come from: the project's own tables, or the user's tables named by EMBED_SOURCE."""
 
     _url: str | None = PrivateAttr(default=None)
 
@@ -26,6 +29,11 @@ class VectorStoreResource(dg.ConfigurableResource):
 
     def connect(self) -> psycopg.Connection:
         return connect(self.url())
+
+    def source(self) -> ExternalSource | None:
+        """The source definition named by EMBED_SOURCE (read now, not at import), or None: the project's tables."""
+        definition = configured_definition()
+        return ExternalSource(definition, self.url()) if definition is not None else None
 
     def ensure_schema(self, dimension: int) -> list[int]:
         with self.connect() as conn:

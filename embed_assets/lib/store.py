@@ -174,14 +174,20 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
     missing = [PendingChunk(r[0], r[1], r[2], r[3]) for r in rows if r[4] != r[2]]
     result = EmbeddingPlan(recording_id, model_id, plan[0], plan[1], len(rows), len(rows) - len(missing))
     if missing:
+        # Same model and text elsewhere in the table, or adopted (`embed-assets adopt`): never paid twice.
         found = dict(
             conn.execute(
                 q(
                     conn,
-                    """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM {s}.chunk_vectors
-                   WHERE model = %s AND content_hash = ANY(%s)""",
+                    """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM (
+                           SELECT content_hash, embedding, 0 AS pref FROM {s}.chunk_vectors
+                           WHERE model = %(m)s AND content_hash = ANY(%(h)s)
+                           UNION ALL
+                           SELECT content_hash, embedding, 1 FROM {s}.vector_cache
+                           WHERE model = %(m)s AND content_hash = ANY(%(h)s)) found
+                       ORDER BY content_hash, pref""",
                 ),
-                (model_id, list({m.content_hash for m in missing})),
+                {"m": model_id, "h": list({m.content_hash for m in missing})},
             ).fetchall()
         )
         for m in missing:
@@ -310,20 +316,28 @@ def write_vectors(
 
 
 def record_error(
-    conn: psycopg.Connection, recording_id: str, model_id: str, asset: str, error: str, run_id: str | None
+    conn: psycopg.Connection,
+    recording_id: str,
+    model_id: str,
+    asset: str,
+    error: str,
+    run_id: str | None,
+    *,
+    unreadable: bool = False,
 ) -> None:
-    """Keep a recording's last error (visible in `status` and the completion check); cleared on success."""
+    """Keep a recording's last error (visible in `status` and the completion check); cleared on success.
+    ``unreadable``: the source row itself cannot be read (counted apart in `status`)."""
     conn.execute(
         q(
             conn,
-            """INSERT INTO {s}.recording_errors (recording_id, model, source_hash, asset, error, run_id)
-           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s
+            """INSERT INTO {s}.recording_errors (recording_id, model, source_hash, asset, error, run_id, unreadable)
+           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s, %(u)s
            FROM {s}.recordings WHERE recording_id = %(r)s
            ON CONFLICT (recording_id, model) DO UPDATE
            SET source_hash = EXCLUDED.source_hash, asset = EXCLUDED.asset, error = EXCLUDED.error,
-               run_id = EXCLUDED.run_id, failed_at = now(),
+               run_id = EXCLUDED.run_id, failed_at = now(), unreadable = EXCLUDED.unreadable,
                failures = CASE WHEN recording_errors.source_hash = EXCLUDED.source_hash
                                THEN recording_errors.failures + 1 ELSE 1 END""",
         ),
-        {"r": recording_id, "m": model_id, "a": asset, "e": error[:4000], "run": run_id},
+        {"r": recording_id, "m": model_id, "a": asset, "e": error[:4000], "run": run_id, "u": unreadable},
     )

@@ -234,6 +234,25 @@ def _search(conn: psycopg.Connection, dim: int) -> None:
     refresh_search_function(conn, vector_dimension(conn) or dim, current_strategy(conn))
 
 
+def _sources(conn: psycopg.Connection, dim: int) -> None:
+    # A source row that cannot be read (lib/sources/formats.py) fails its recording like any error; flagged so
+    # `status` and the checks can count unreadable rows apart from other failures.
+    _x(conn, "ALTER TABLE {s}.recording_errors ADD COLUMN unreadable boolean NOT NULL DEFAULT false")
+    # Vectors already paid for, adopted from another table (`embed-assets adopt`): looked up by (model, hash of
+    # the chunk text) before anything is sent to the provider. No dimension on the column: one cache serves
+    # every model, and no ANN index: it is only ever read by key.
+    _x(
+        conn,
+        """CREATE TABLE {s}.vector_cache (
+               model        text NOT NULL,
+               content_hash text NOT NULL,
+               embedding    {v}.vector NOT NULL,
+               origin       text NOT NULL,
+               adopted_at   timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (model, content_hash))""",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -241,6 +260,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "deletion tombstones and per-recording errors", _automation_tables),
     Migration(5, "own schema: row-level security on, no privileges but the owner's", _locked_down),
     Migration(6, "hybrid search: full-text column and index, active model, embed_search()", _search),
+    Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
 )
 LATEST = MIGRATIONS[-1].version
 
