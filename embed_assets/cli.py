@@ -82,6 +82,11 @@ def _load(transcripts, problems, register: bool) -> Counter:
     from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.transcripts import reject_duplicates
 
+    if source := os.environ.get("EMBED_SOURCE", "").strip():
+        _die(
+            f"EMBED_SOURCE={source} is set: transcripts are read from the tables it names, and the project's own "
+            "tables, which load and sample write, are not read; unset EMBED_SOURCE to load files"
+        )
     transcripts, dup_problems = reject_duplicates(transcripts)
     problems = [*problems, *dup_problems]
     counts: Counter = Counter()

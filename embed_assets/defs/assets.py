@@ -45,6 +45,7 @@ def _run_each(
     step_retries: int,
     retry_delay_s: float,
     on_error: Callable[[str, str], None],
+    passed_on: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run ``work`` per recording. Configuration/provider errors stop everything at once; other errors are
     collected so the remaining recordings still complete, then the step fails (or retries) naming each.
@@ -63,6 +64,13 @@ def _run_each(
             on_error(key, str(e))
             raise _fatal(f"{key}: {e}", recording=key) from None
         except (RecordingDeletedError, UnreadableSourceRow) as e:
+            if passed_on is not None and isinstance(e, UnreadableSourceRow):
+                # One unreadable source row must not hold back the other recordings of the run: it is recorded
+                # and the step goes on; the next step fails this recording by name (lib/store.plan_embeddings).
+                passed_on[key] = str(e)
+                on_error(key, str(e))
+                context.log.error(f"{key}: {e}")
+                continue
             failed[key] = str(e)  # not retried: nothing to embed until the source row changes
         except psycopg.errors.QueryCanceled as e:
             # A statement timeout: retrying the same batch size would time out again. The small-batch
@@ -160,6 +168,7 @@ def transcript_chunks(
         raise _fatal(str(e)) from None
     db = _Connection(store)
     source_db = _Connection(store, source)
+    unreadable: dict[str, str] = {}
     try:
         stats: list[ChunkStats] = _run_each(
             context,
@@ -168,6 +177,7 @@ def transcript_chunks(
             step_retries=2,
             retry_delay_s=5.0,
             on_error=_recorder(context, db, spec.model_id, "transcript_chunks"),
+            passed_on=unreadable,
         )
     finally:
         db.close()
@@ -185,6 +195,8 @@ def transcript_chunks(
             "chunk_overlap": params.overlap_tokens,
             "seconds": round(sum(s.seconds for s in stats), 3),
             "source": source.describe() if source else "project tables (recordings, transcript_segments)",
+            "unreadable_source_rows": len(unreadable),
+            **({"unreadable": dg.MetadataValue.json(dict(list(unreadable.items())[:50]))} if unreadable else {}),
             **_per_recording(stats),
         }
     )

@@ -15,7 +15,7 @@ from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.external import ExternalSource
-from embed_assets.lib.sources.registry import register, set_segment_count
+from embed_assets.lib.sources.registry import clear_unreadable, register, set_segment_count
 from embed_assets.lib.sources.tables import read_recording
 from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.tokenizers import token_counter
@@ -78,6 +78,7 @@ def chunk_recording(
         segments = source.segments(fetched)  # UnreadableSourceRow: this recording fails alone
         content_hash = fetched.meta.content_hash
         set_segment_count(conn, recording_id, content_hash, len(segments))
+        clear_unreadable(conn, recording_id, spec.model_id)  # read now (a parser fix, say): not unreadable
     else:
         own = read_recording(conn, recording_id)
         if own is None:

@@ -22,6 +22,7 @@ from embed_assets.lib.db.migrations import vector_dimension
 from embed_assets.lib.db.names import q
 from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
+from embed_assets.lib.sources.formats import UnreadableSourceRow
 from embed_assets.lib.sources.tables import lock_recording
 
 
@@ -151,10 +152,20 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
     """Diff the recording's chunk plan against its stored vectors. Raises if it was never chunked."""
     register_vector_types(conn)
     plan = conn.execute(
-        q(conn, "SELECT source_hash, chunked_at FROM {s}.chunk_plans WHERE recording_id = %s AND model = %s"),
-        (recording_id, model_id),
+        q(
+            conn,
+            """SELECT p.source_hash, p.chunked_at, x.error
+               FROM {s}.recordings r
+               LEFT JOIN {s}.chunk_plans p ON p.recording_id = r.recording_id AND p.model = %(m)s
+               LEFT JOIN {s}.recording_errors x ON x.recording_id = r.recording_id AND x.model = %(m)s
+                    AND x.unreadable AND x.source_hash = r.content_hash
+               WHERE r.recording_id = %(r)s""",
+        ),
+        {"r": recording_id, "m": model_id},
     ).fetchone()
-    if plan is None:
+    if plan is not None and plan[2] is not None:  # its current source row could not be read when chunking
+        raise UnreadableSourceRow(plan[2])
+    if plan is None or plan[0] is None:
         _raise_if_deleted(conn, recording_id)
         raise SourceChangedError(
             f"recording {recording_id!r} has no chunks for model {model_id!r}; "

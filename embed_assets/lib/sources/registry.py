@@ -93,3 +93,10 @@ def set_segment_count(conn: psycopg.Connection, recording_id: str, content_hash:
         ),
         (segments, recording_id, content_hash, segments),
     )
+
+
+def clear_unreadable(conn: psycopg.Connection, recording_id: str, model_id: str) -> None:
+    conn.execute(
+        q(conn, "DELETE FROM {s}.recording_errors WHERE recording_id = %s AND model = %s AND unreadable"),
+        (recording_id, model_id),
+    )
