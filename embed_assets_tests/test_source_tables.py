@@ -306,3 +306,34 @@ turns: |
         assert requested(tick(instance, first.cursor)) == []
     finally:
         conn.execute("DROP SCHEMA app CASCADE")
+
+
+def test_check_and_status_show_the_source_with_its_password_masked(
+    conn: psycopg.Connection, app_db, tmp_path: Path
+) -> None:
+    from embed_assets_tests.test_cli import cli
+
+    admin, reader = app_db
+    add_call(admin, 1, json.dumps(turns(1)))
+    env = {"FATHOM_DATABASE_URL": reader, "EMBED_SOURCE": str(source_file(tmp_path, JSON_SOURCE))}
+    proc = cli("check", "--json", env=env)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, report
+    assert report["facts"]["source_rows"] == "1 recordings readable (updated_at cursor)"
+    assert "fathom (" in report["facts"]["source"] and ":***@" in report["facts"]["source"]
+    status = cli("status", env=env)
+    assert (
+        status.returncode == 0 and "source: fathom (" in status.stdout and "0 unreadable source row(s)" in status.stdout
+    )
+    assert "reader-pw" not in proc.stdout + status.stdout + status.stderr
+
+    bad = source_file(tmp_path, JSON_SOURCE.replace("public.fathom_calls", "public.fathom_call"))
+    proc = cli("check", "--json", env={**env, "EMBED_SOURCE": str(bad)})
+    assert proc.returncode == 1
+    problem = json.loads(proc.stdout)["problems"][0]
+    assert 'the recordings query fails: relation "public.fathom_call" does not exist; fix it in' in problem
+    proc = cli("check", "--json", env={**env, "FATHOM_DATABASE_URL": "postgresql://r:reader-pw@127.0.0.1:1/app"})
+    assert proc.returncode == 1 and "database_url in" in json.loads(proc.stdout)["problems"][0]
+    assert "reader-pw" not in proc.stdout
+    load = cli("sample", "2", env=env)
+    assert load.returncode == 1 and "EMBED_SOURCE=" in load.stderr and "unset EMBED_SOURCE" in load.stderr
