@@ -201,6 +201,44 @@ def grant(
         out.print(f"granted {access} access to {role}", highlight=False)
 
 
+@app.command()
+def adopt(
+    table: Annotated[str, typer.Option(help="The table holding text and vectors, e.g. public.transcript_chunks.")],
+    model: Annotated[str, typer.Option(help="The model those vectors were made with, e.g. text-embedding-3-small.")],
+    dimensions: Annotated[int | None, typer.Option(help="Their dimension, when the model's was shortened.")] = None,
+    text_column: Annotated[str, typer.Option(help="The column holding each vector's text.")] = "content",
+    embedding_column: Annotated[str, typer.Option(help="The pgvector column.")] = "embedding",
+    url_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of an env var holding the URL of the table's database (default: EMBED_SOURCE's "
+            "database, else the vector store's)."
+        ),  # fmt: skip
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Rows re-embedded to verify the vectors are the model's.")] = 8,
+) -> None:
+    """Adopt vectors already paid for: chunks whose exact text is in TABLE are never sent to the provider. The
+    vectors are verified first (dimension, and a re-embedded random sample); nothing is written to TABLE."""
+    from embed_assets.adoption import run_adopt
+
+    with _progress(True) as bar:
+        task = bar.add_task("adopting", total=None)
+        report, spec, where = run_adopt(
+            table, model, dimensions, text_column, embedding_column, url_env, sample, lambda n: bar.advance(task, n)
+        )
+    cos = ", ".join(f"{c:.4f}" for c in report.sample_cosines) or "not verified"
+    out.print(
+        f"{report.table} @ {where}: {report.rows} rows, {report.distinct_texts} distinct texts; sample of "
+        f"{len(report.sample_cosines)} re-embedded with {spec.model_id}: cosine {cos}\n"
+        f"adopted {report.adopted} vectors ({report.already_cached} already in the cache)\n"
+        f"matched {report.matched_chunks} chunks without a vector ({report.matched_tokens} tokens, "
+        f"${report.saved_usd(spec):.4f} not paid again); {report.unchunked_recordings} recordings not chunked "
+        "yet: their matches show as cache_hits in chunk_embeddings' metadata",
+        highlight=False,
+        markup=False,
+    )
+
+
 @app.command("db-url")
 def db_url(
     dagster: Annotated[bool, typer.Option(help="Print the Dagster storage URL instead.")] = False,
