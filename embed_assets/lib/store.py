@@ -203,7 +203,7 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
         )
         for m in missing:
             if m.content_hash in found:
-                result.cached[m.chunk_index] = (m.content_hash, _as_array(found[m.content_hash]))
+                result.cached[m.chunk_index] = (m.content_hash, as_array(found[m.content_hash]))
             else:
                 result.to_embed.append(m)
     return result
@@ -220,7 +220,7 @@ def _raise_if_deleted(conn: psycopg.Connection, recording_id: str) -> None:
         )
 
 
-def _as_array(value: object) -> np.ndarray:
+def as_array(value: object) -> np.ndarray:
     to_numpy = getattr(value, "to_numpy", None)  # pgvector >= 0.4 loads `vector` as a Vector object
     return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 

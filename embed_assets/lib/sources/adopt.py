@@ -20,8 +20,9 @@ from psycopg import sql
 from embed_assets.lib.chunking import content_hash
 from embed_assets.lib.db.connection import first_line, register_vector_types
 from embed_assets.lib.db.names import names, q
-from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
+from embed_assets.lib.store import as_array
 
 MIN_COSINE = 0.99  # OpenAI's vectors of one text vary by ~1e-3 between calls; another model or text: far below
 BATCH = 1000
@@ -127,7 +128,7 @@ def adopt(
                 h = content_hash(text)
                 if h not in seen:
                     seen.add(h)
-                    batch.append((spec.model_id, h, np.asarray(vec, dtype=np.float32), origin))
+                    batch.append((spec.model_id, h, as_array(vec), origin))
             report.adopted += _insert(store, batch)
             progress(len(rows))
     report.distinct_texts = len(seen)
@@ -161,13 +162,13 @@ def _verify(
     random.shuffle(rows)
     try:
         fresh = embed([r[0] for r in rows])
-    except Exception as ex:  # the provider's own error type; the message names it
+    except EmbedAssetsError as ex:
         raise ConfigError(
             f"cannot verify the vectors: embedding a sample with {spec.model_id} failed ({first_line(ex)}); "
             "adopt needs the provider of the stated model reachable"
         ) from None
     for (_, old), new in zip(rows, fresh, strict=True):
-        a, b = np.asarray(old, dtype=np.float64), np.asarray(new, dtype=np.float64)
+        a, b = as_array(old).astype(np.float64), np.asarray(new, dtype=np.float64)
         report.sample_cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0)))
     worst = min(report.sample_cosines)
     if worst < min_cosine:
