@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ import pytest
 
 from embed_assets.definitions import defs
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.defs.schedules import retry_failed_recordings
 from embed_assets.defs.sensors import new_recordings_sensor
 from embed_assets.lib.health.status import db_status
 from embed_assets_tests.support.dagster_dev import drop_database, fresh_database
@@ -178,6 +180,10 @@ def test_fathom_json_source_read_in_place(
         assert len(vectors(conn, rid)) > 1
     status = db_status(conn, MODEL)
     assert (status.embedded_current, status.unreadable_source_rows) == (3, 1)
+    # The retry schedule leaves it alone: only a change of the row can help, and the sensor sees that.
+    ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC), resources=RESOURCES)
+    retried = retry_failed_recordings(ctx)
+    assert sorted(r.partition_key for r in retried) == ["1", "2", "3"]  # the run failed: its partitions did too
     # The empty turn 5 was skipped: no chunk starts or ends on it, and the citations keep the source's positions.
     bounds = conn.execute(
         "SELECT array_agg(first_seq) || array_agg(last_seq) FROM embed_assets.chunks WHERE recording_id = '1'"
