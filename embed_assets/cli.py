@@ -261,6 +261,29 @@ def db_stop() -> None:
     out.print("stopped" if stop_embedded_server(s.home) else "not running")
 
 
+def _sync_source(instance) -> None:
+    """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would) and bring the
+    partitions in line, so `embed` works without the daemon."""
+    from embed_assets.defs.resources import VectorStoreResource
+    from embed_assets.lib.settings import automation_settings
+    from embed_assets.lib.sources.registry import registered_ids
+    from embed_assets.lib.sources.sync import sync_source
+
+    source = VectorStoreResource().source()
+    if source is None:
+        return
+    settings = automation_settings()
+    with source.connect() as source_conn, _connect_migrated() as conn:
+        _, report = sync_source(
+            source, source_conn, conn, {}, settle_s=0, scan_limit=settings.scan_limit, reconcile_every_s=0
+        )
+        ids = registered_ids(conn)
+    register_partitions(sorted(ids))
+    for key in set(instance.get_dynamic_partitions(PARTITIONS)) - ids:
+        instance.delete_dynamic_partition(PARTITIONS, key)
+    out.print(f"{source.describe()}: {report.summary()}", highlight=False, markup=False)
+
+
 @app.command()
 def embed(
     all_: Annotated[bool, typer.Option("--all", help="Run every partition, not only those needing work.")] = False,
@@ -278,15 +301,17 @@ def embed(
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
-    ordered = instance.get_dynamic_partitions(PARTITIONS)
     spec = _spec()
+    _sync_source(instance)
+    ordered = instance.get_dynamic_partitions(PARTITIONS)
     with _connect_migrated() as conn:
         pending = set(ordered) if all_ else set(ordered) - embedded_ids(conn, spec.model_id)
         if not pending:
             out.print(
                 f"nothing to embed: all {len(ordered)} registered recording(s) are embedded for {spec.model_id}"
                 if ordered
-                else "no recordings registered: add some with `embed-assets load` or `embed-assets sample N`",
+                else "no recordings registered: add some with `embed-assets load` or `embed-assets sample N`, "
+                "or point EMBED_SOURCE at your own tables",
                 highlight=False,
             )
             return

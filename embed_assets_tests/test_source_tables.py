@@ -343,3 +343,20 @@ def test_check_and_status_show_the_source_with_its_password_masked(
     assert "reader-pw" not in proc.stdout
     load = cli("sample", "2", env=env)
     assert load.returncode == 1 and "EMBED_SOURCE=" in load.stderr and "unset EMBED_SOURCE" in load.stderr
+
+
+def test_embed_command_reads_the_source_first(
+    conn: psycopg.Connection, app_db, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    from embed_assets_tests.test_cli import cli
+
+    admin, reader = app_db
+    for call in (7, 8):
+        add_call(admin, call, json.dumps(turns(call)))
+    env = {"FATHOM_DATABASE_URL": reader, "EMBED_SOURCE": str(source_file(tmp_path, JSON_SOURCE))}
+    proc = cli("embed", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "source: 2 recording(s); 2 new, 0 changed" in proc.stdout
+    assert len(vectors(conn, "7")) > 1 and len(vectors(conn, "8")) > 1
+    again = cli("embed", env=env)
+    assert "0 new, 0 changed" in again.stdout and "nothing to embed" in again.stdout
