@@ -45,19 +45,8 @@ def stated_model(model: str, dimensions: int | None) -> ModelSpec:
 
 def sample_embedder(spec: ModelSpec) -> Callable[[list[str]], np.ndarray]:
     from embed_assets.defs.resources import EmbedderResource
-    from embed_assets.lib.tokenizers import token_counter
 
-    emb = EmbedderResource(provider=spec.provider, model=spec.name, dimensions=spec.dimension)
-    counter = token_counter(spec.tokenizer)
-
-    def embed(texts: list[str]) -> np.ndarray:
-        client = emb.build(batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
-        try:
-            return client.embed(texts, counter.count_many(texts)).vectors
-        finally:
-            client.close()
-
-    return embed
+    return EmbedderResource(provider=spec.provider, model=spec.name, dimensions=spec.dimension).texts_embedder()
 
 
 def run_adopt(

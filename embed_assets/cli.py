@@ -336,18 +336,14 @@ def _query_embedder():
 
     for k, v in QUIET_ENV.items():  # the model's "Loading weights" bar is noise in search output
         os.environ.setdefault(k, v)
-    from embed_assets.lib.tokenizers import token_counter
-
     emb = EmbedderResource()
     spec = emb.spec()
-    counter = token_counter(spec.tokenizer)
+    built: list = []
 
     def embed(texts: list[str]):
-        client = emb.build(batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
-        try:
-            return list(client.embed(texts, counter.count_many(texts)).vectors)
-        finally:
-            client.close()
+        if not built:  # the client (and a local model) only when a query needs embedding: text mode needs none
+            built.append(emb.texts_embedder())
+        return list(built[0](texts))
 
     return spec, embed
 
