@@ -266,7 +266,7 @@ def _sync_source(instance) -> None:
     partitions in line, so `embed` works without the daemon."""
     from embed_assets.defs.resources import VectorStoreResource
     from embed_assets.lib.settings import automation_settings
-    from embed_assets.lib.sources.registry import registered_ids
+    from embed_assets.lib.sources.discovery import all_recording_ids
     from embed_assets.lib.sources.sync import sync_source
 
     source = VectorStoreResource().source()
@@ -277,7 +277,7 @@ def _sync_source(instance) -> None:
         _, report = sync_source(
             source, source_conn, conn, {}, settle_s=0, scan_limit=settings.scan_limit, reconcile_every_s=0
         )
-        ids = registered_ids(conn)
+        ids = all_recording_ids(conn)  # the source's and any loaded from files
     register_partitions(sorted(ids))
     for key in set(instance.get_dynamic_partitions(PARTITIONS)) - ids:
         instance.delete_dynamic_partition(PARTITIONS, key)

@@ -12,10 +12,10 @@ import psycopg
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.db.names import q
 from embed_assets.lib.embedders.base import Embedder, EmbedResult
-from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
+from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.external import ExternalSource
-from embed_assets.lib.sources.registry import clear_unreadable, register, set_segment_count
+from embed_assets.lib.sources.registry import ORIGIN, clear_unreadable, origin_of, register, set_segment_count
 from embed_assets.lib.sources.tables import read_recording
 from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.tokenizers import token_counter
@@ -49,7 +49,7 @@ def chunk_recording(
     started = time.perf_counter()
     counter = token_counter(spec.tokenizer)
     fetched = None
-    if source is not None and source_conn is not None:
+    if source is not None and source_conn is not None and origin_of(conn, recording_id) == ORIGIN:
         fetched = source.fetch(source_conn(), recording_id)
         if fetched is None:
             raise RecordingDeletedError(
@@ -80,6 +80,11 @@ def chunk_recording(
         set_segment_count(conn, recording_id, content_hash, len(segments))
         clear_unreadable(conn, recording_id, spec.model_id)  # read now (a parser fix, say): not unreadable
     else:
+        if source is None and origin_of(conn, recording_id) == ORIGIN:
+            raise ConfigError(
+                f"recording {recording_id!r} comes from a source file (EMBED_SOURCE), which is not set where this "
+                "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
+            )
         own = read_recording(conn, recording_id)
         if own is None:
             raise RecordingDeletedError(

@@ -238,6 +238,10 @@ def _sources(conn: psycopg.Connection, dim: int) -> None:
     # A source row that cannot be read (lib/sources/formats.py) fails its recording like any error; flagged so
     # `status` and the checks can count unreadable rows apart from other failures.
     _x(conn, "ALTER TABLE {s}.recording_errors ADD COLUMN unreadable boolean NOT NULL DEFAULT false")
+    # Where a recording's transcript is: NULL, the project's transcript_segments (`load`, `sample`); 'source', the
+    # user's tables (EMBED_SOURCE). A source pass adds and removes only its own rows, so recordings loaded from
+    # files before a source was configured keep their vectors and keep working.
+    _x(conn, "ALTER TABLE {s}.recordings ADD COLUMN origin text")
     # Vectors already paid for, adopted from another table (`embed-assets adopt`): looked up by (model, hash of
     # the chunk text) before anything is sent to the provider. No dimension on the column: one cache serves
     # every model, and no ANN index: it is only ever read by key.

@@ -17,6 +17,8 @@ import psycopg
 from embed_assets.lib.db.names import q
 from embed_assets.lib.sources.external import SourceRecording
 
+ORIGIN = "source"  # recordings.origin of the rows kept for EMBED_SOURCE (NULL: the project's own tables)
+
 
 @dataclass
 class RegistryChanges:
@@ -24,10 +26,25 @@ class RegistryChanges:
     changed: int = 0  # content hash differs: the recording is re-embedded (only its changed chunks)
     renamed: int = 0  # title or start time only
     removed: int = 0
+    conflicts: int = 0  # ids already taken by a recording loaded into the project's tables: left alone
 
 
 def registered_ids(conn: psycopg.Connection) -> set[str]:
-    return {r[0] for r in conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings"))}
+    """The source's recordings in the registry (not those loaded into the project's tables)."""
+    return {r[0] for r in conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings WHERE origin = %s"), (ORIGIN,))}
+
+
+def loaded_ids(conn: psycopg.Connection) -> set[str]:
+    """Recordings loaded into the project's own tables (`load`, `sample`): a source pass leaves them alone."""
+    return {r[0] for r in conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings WHERE origin IS NULL"))}
+
+
+def origin_of(conn: psycopg.Connection, recording_id: str) -> str | None:
+    """'source', None (the project's tables), or '' when the recording is unknown."""
+    row = conn.execute(
+        q(conn, "SELECT coalesce(origin, '') FROM {s}.recordings WHERE recording_id = %s"), (recording_id,)
+    ).fetchone()
+    return "" if row is None else (row[0] or None)
 
 
 def register(conn: psycopg.Connection, rows: Iterable[SourceRecording]) -> RegistryChanges:
@@ -36,28 +53,32 @@ def register(conn: psycopg.Connection, rows: Iterable[SourceRecording]) -> Regis
     out = RegistryChanges()
     for i in range(0, len(rows), 1000):
         part = rows[i : i + 1000]
-        added, changed, renamed = conn.execute(
+        added, changed, renamed, conflicts = conn.execute(
             q(
                 conn,
                 """WITH incoming AS (
                        SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[])
                               AS t(recording_id, title, started_at, content_hash)),
                    prev AS (
-                       SELECT r.recording_id, r.content_hash FROM {s}.recordings r JOIN incoming USING (recording_id)),
+                       SELECT r.recording_id, r.content_hash, r.origin
+                       FROM {s}.recordings r JOIN incoming USING (recording_id)),
                    upserted AS (
-                       INSERT INTO {s}.recordings AS r (recording_id, title, started_at, content_hash, segment_count)
-                       SELECT recording_id, title, started_at, content_hash, 0 FROM incoming
+                       INSERT INTO {s}.recordings AS r
+                              (recording_id, title, started_at, content_hash, segment_count, origin)
+                       SELECT recording_id, title, started_at, content_hash, 0, %s FROM incoming
                        ON CONFLICT (recording_id) DO UPDATE
                        SET title = EXCLUDED.title, started_at = EXCLUDED.started_at,
                            content_hash = EXCLUDED.content_hash,
                            updated_at = CASE WHEN r.content_hash = EXCLUDED.content_hash THEN r.updated_at
                                              ELSE clock_timestamp() END
-                       WHERE (r.title, r.started_at, r.content_hash)
+                       WHERE r.origin IS NOT DISTINCT FROM EXCLUDED.origin
+                         AND (r.title, r.started_at, r.content_hash)
                              IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.started_at, EXCLUDED.content_hash)
                        RETURNING r.recording_id)
                    SELECT count(*) FILTER (WHERE p.recording_id IS NULL),
                           count(*) FILTER (WHERE p.content_hash <> i.content_hash),
-                          count(*) FILTER (WHERE p.content_hash = i.content_hash)
+                          count(*) FILTER (WHERE p.content_hash = i.content_hash),
+                          (SELECT count(*) FROM prev WHERE prev.origin IS DISTINCT FROM %s)
                    FROM upserted u JOIN incoming i USING (recording_id) LEFT JOIN prev p USING (recording_id)""",
             ),
             (
@@ -65,11 +86,14 @@ def register(conn: psycopg.Connection, rows: Iterable[SourceRecording]) -> Regis
                 [r.title for r in part],
                 [r.started_at for r in part],
                 [r.content_hash for r in part],
+                ORIGIN,
+                ORIGIN,
             ),
         ).fetchone()
         out.added += added
         out.changed += changed
         out.renamed += renamed
+        out.conflicts += conflicts
     return out
 
 
@@ -79,7 +103,8 @@ def remove(conn: psycopg.Connection, ids: list[str]) -> int:
     removed = 0
     for i in range(0, len(ids), 1000):
         removed += conn.execute(
-            q(conn, "DELETE FROM {s}.recordings WHERE recording_id = ANY(%s)"), (ids[i : i + 1000],)
+            q(conn, "DELETE FROM {s}.recordings WHERE recording_id = ANY(%s) AND origin = %s"),
+            (ids[i : i + 1000], ORIGIN),
         ).rowcount
     return removed
 

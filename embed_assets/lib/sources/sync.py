@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from embed_assets.lib.sources.external import ExternalSource, usable_id
-from embed_assets.lib.sources.registry import RegistryChanges, register, registered_ids, remove
+from embed_assets.lib.sources.registry import RegistryChanges, loaded_ids, register, registered_ids, remove
 
 
 @dataclass
@@ -37,6 +37,8 @@ class SyncReport:
             f"source: {self.source_rows} recording(s); {r.added} new, {r.changed} changed, {r.renamed} retitled, "
             f"{r.removed} removed ({self.scanned} hashed{', full reconcile' if self.reconciled else ''})"
         )
+        if r.conflicts:
+            text += f"; {r.conflicts} id(s) already used by recordings loaded from files (left as they are)"
         if self.unusable_ids:
             first = next(iter(self.unusable_ids.items()))
             text += f"; {len(self.unusable_ids)} id(s) skipped, e.g. {first[0]!r}: {first[1]}"
@@ -64,6 +66,9 @@ def sync_source(
     ids -= set(report.unusable_ids)
     report.source_rows = len(ids)
     known = registered_ids(store_conn)
+    loaded = loaded_ids(store_conn)  # recordings loaded from files keep their id; the source's twin waits
+    report.registry.conflicts = len(ids & loaded)
+    ids -= loaded
     gone = sorted(known - ids)
     if gone:
         report.registry.removed = remove(store_conn, gone)
@@ -93,4 +98,5 @@ def sync_source(
         changes.changed,
         changes.renamed,
     )
+    report.registry.conflicts += changes.conflicts  # loaded in the meantime
     return new_state, report
