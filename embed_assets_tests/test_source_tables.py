@@ -16,10 +16,10 @@ import pytest
 from embed_assets.definitions import defs
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.schedules import retry_failed_recordings
-from embed_assets.defs.sensors import new_recordings_sensor
 from embed_assets.lib.health.status import db_status
 from embed_assets_tests.support.dagster_dev import drop_database, fresh_database
 from embed_assets_tests.support.openai_server import FakeOpenAI
+from embed_assets_tests.test_sensors import tick
 
 RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
 FAST = {"ops": {"chunk_embeddings": {"config": {"backoff_base_s": 0.01, "step_retry_delay_s": 0.1}}}}
@@ -111,20 +111,22 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
+@pytest.fixture
+def use_source(app_db: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Point EMBED_SOURCE at a source file with ``body``, read as the read-only role; returns the admin URL."""
+    admin, reader = app_db
+
+    def use(body: str) -> str:
+        monkeypatch.setenv("FATHOM_DATABASE_URL", reader)
+        monkeypatch.setenv("EMBED_SOURCE", str(source_file(tmp_path, body)))
+        return admin
+
+    return use
+
+
 @pytest.fixture(autouse=True)
 def settle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
-
-
-def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    result = new_recordings_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=RESOURCES))
-    for req in result.dynamic_partitions_requests or []:
-        if isinstance(req, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-        else:
-            for key in req.partition_keys:
-                instance.delete_dynamic_partition(req.partitions_def_name, key)
-    return result
 
 
 def requested(result: dg.SensorResult) -> list[str]:
@@ -154,12 +156,8 @@ def vectors(conn: psycopg.Connection, rid: str) -> dict[int, str]:
     return dict(rows.fetchall())
 
 
-def test_fathom_json_source_read_in_place(
-    conn: psycopg.Connection, instance, app_db, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch
-) -> None:
-    admin, reader = app_db
-    monkeypatch.setenv("FATHOM_DATABASE_URL", reader)
-    monkeypatch.setenv("EMBED_SOURCE", str(source_file(tmp_path, JSON_SOURCE)))
+def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, use_source, fake_openai) -> None:
+    admin = use_source(JSON_SOURCE)
     for call in (1, 2, 3):
         add_call(admin, call, json.dumps(turns(call)))
     add_call(admin, 4, json.dumps(turns(4))[:-40])  # a truncated export: malformed JSON
@@ -227,12 +225,8 @@ def test_fathom_json_source_read_in_place(
     assert fake_openai.seen.requests == seen
 
 
-def test_plain_text_source_without_updated_at(
-    conn: psycopg.Connection, instance, app_db, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch
-) -> None:
-    admin, reader = app_db
-    monkeypatch.setenv("FATHOM_DATABASE_URL", reader)
-    monkeypatch.setenv("EMBED_SOURCE", str(source_file(tmp_path, TEXT_SOURCE)))
+def test_plain_text_source_without_updated_at(conn: psycopg.Connection, instance, use_source, fake_openai) -> None:
+    admin = use_source(TEXT_SOURCE)
 
     def plain(call: int, last: str = "Thanks, talk soon.") -> str:
         lines = [

@@ -11,7 +11,6 @@ Dagster's sensor evaluation timeout (60 s) as the bound a tick must stay under.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import psycopg
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.sensors import new_recordings_sensor
 from embed_assets.lib.db.migrations import migrate
-from embed_assets_tests.bench.report import Figure, Report
+from embed_assets_tests.bench.report import Figure, Report, environment
 
 SOURCE = """
 name: bench
@@ -44,25 +43,16 @@ def _transcript(call: int, variant: int = 0) -> str:
 
 def source_sync(url: str, n: int, report: Report, progress, work: Path) -> None:
     source_url = _source_database(url, n, progress)
-    saved = {k: os.environ.get(k) for k in ("EMBED_SENSOR_SETTLE_S", "EMBED_DATABASE_URL", "EMBED_SOURCE",
-                                            "EMBED_BENCH_SOURCE_URL", "EMBED_SENSOR_RECONCILE_S")}  # fmt: skip
     (work / "source.yaml").write_text(SOURCE)
-    os.environ.update(
+    with environment(
         EMBED_SENSOR_SETTLE_S="0",
         EMBED_DATABASE_URL=url,
         EMBED_SOURCE=str(work / "source.yaml"),
         EMBED_BENCH_SOURCE_URL=source_url,
         EMBED_SENSOR_RECONCILE_S="1000000",
         EMBED_SENSOR_MAX_RUNS="50",
-    )
-    try:
+    ):
         _measure(url, source_url, n, report, progress)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _source_database(url: str, n: int, progress) -> str:
