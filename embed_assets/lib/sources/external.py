@@ -61,9 +61,6 @@ class ExternalSource:
         where = "the vector store's database" if self.same_database else redact_url(self._url)
         return f"{self.definition.name} ({self.definition.path}; {where})"
 
-    def masked_url(self) -> str:
-        return redact_url(self._url)
-
     def connect(self) -> psycopg.Connection:
         return connect(
             self._url, setting=f"database_url in {self.definition.path}", application_name="embed_assets source"
@@ -78,13 +75,16 @@ class ExternalSource:
         try:
             return conn.execute(query, params).fetchall()
         except psycopg.errors.InsufficientPrivilege as e:
-            raise ConfigError(
-                f"source {self.definition.name}: the {what} was refused ({first_line(e)}); grant SELECT on the "
-                f"tables it reads to the role in database_url of {self.definition.path}"
-            ) from None
+            raise self._refused(what, e) from None
         except (psycopg.errors.SyntaxError, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
                 psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as e:  # fmt: skip
             raise self._query_problem(what, e) from None
+
+    def _refused(self, what: str, e: BaseException) -> ConfigError:
+        return ConfigError(
+            f"source {self.definition.name}: the {what} was refused ({first_line(e)}); grant SELECT on the "
+            f"tables it reads to the role in database_url of {self.definition.path}"
+        )
 
     def _query_problem(self, what: str, e: BaseException) -> ConfigError:
         d = self.definition
@@ -119,6 +119,8 @@ class ExternalSource:
         cur = conn.cursor()
         try:
             cur.execute(self._wrap("SELECT * FROM ({query}) src LIMIT 0", query))
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise self._refused(what, e) from None
         except psycopg.Error as e:
             if isinstance(e, psycopg.OperationalError):
                 raise
