@@ -327,7 +327,8 @@ def test_check_and_status_show_the_source_with_its_password_masked(
     )
     assert "reader-pw" not in proc.stdout + status.stdout + status.stderr
 
-    bad = source_file(tmp_path, JSON_SOURCE.replace("public.fathom_calls", "public.fathom_call"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(JSON_SOURCE.replace("public.fathom_calls", "public.fathom_call"))
     proc = cli("check", "--json", env={**env, "EMBED_SOURCE": str(bad)})
     assert proc.returncode == 1
     problem = json.loads(proc.stdout)["problems"][0]
@@ -335,6 +336,12 @@ def test_check_and_status_show_the_source_with_its_password_masked(
     proc = cli("check", "--json", env={**env, "FATHOM_DATABASE_URL": "postgresql://r:reader-pw@127.0.0.1:1/app"})
     assert proc.returncode == 1 and "database_url in" in json.loads(proc.stdout)["problems"][0]
     assert "reader-pw" not in proc.stdout
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"REVOKE SELECT ON fathom_transcripts FROM {READER}")
+    proc = cli("check", "--json", env=env)
+    problem = json.loads(proc.stdout)["problems"][0]
+    assert proc.returncode == 1 and "the transcripts query was refused (permission denied" in problem
+    assert "grant SELECT on the tables it reads to the role in database_url of" in problem
     load = cli("sample", "2", env=env)
     assert load.returncode == 1 and "EMBED_SOURCE=" in load.stderr and "unset EMBED_SOURCE" in load.stderr
 
