@@ -124,3 +124,28 @@ def test_a_role_without_ddl_rights_is_told_what_to_run(scratch: str) -> None:
             c.execute("RESET ROLE")
             c.execute("DROP OWNED BY no_ddl_role")
             c.execute("DROP ROLE no_ddl_role")
+
+
+def test_roles_granted_before_an_upgrade_reach_what_it_creates(scratch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embed_assets.lib.db import migrations, roles
+
+    with psycopg.connect(scratch, autocommit=True) as c:
+        migrate(c, 384)
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'upgrade_worker'").fetchone() is None:
+            c.execute("CREATE ROLE upgrade_worker LOGIN")
+        roles.grant(c, "upgrade_worker", "runtime")
+        new = migrations.Migration(
+            LATEST + 1,
+            "a later table",
+            lambda conn, dim: conn.execute("CREATE TABLE embed_assets.later_table (id int PRIMARY KEY)"),  # fmt: skip
+        )
+        monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, new))
+        monkeypatch.setattr(migrations, "LATEST", LATEST + 1)
+        assert migrations.migrate(c, 384) == [LATEST + 1]
+        assert c.execute(
+            "SELECT has_table_privilege('upgrade_worker', 'embed_assets.later_table', 'INSERT')"
+        ).fetchone()[0]
+        policies = c.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'later_table'").fetchone()[0]
+        assert policies == 1  # and row-level security lets it see the rows
+        roles.revoke(c, "upgrade_worker")
+        c.execute("DROP ROLE upgrade_worker")

@@ -304,6 +304,13 @@ turns: |
         ).fetchone()
         assert firsts == (0, 90)  # citations are the source's own positions
         assert requested(tick(instance, first.cursor)) == []
+        # A worker without EMBED_SOURCE must not chunk a source recording as an empty transcript.
+        monkeypatch.delenv("EMBED_SOURCE")
+        conn.execute("DELETE FROM embed_assets.chunk_plans WHERE recording_id = 'c-1'")
+        result = run(instance, ["c-1"])
+        assert not result.success
+        assert "comes from a source file (EMBED_SOURCE), which is not set where this run" in failure_message(result)
+        assert conn.execute("SELECT count(*) FROM embed_assets.chunks WHERE recording_id = 'c-1'").fetchone()[0] > 1
     finally:
         conn.execute("DROP SCHEMA app CASCADE")
 
@@ -337,7 +344,7 @@ def test_check_and_status_show_the_source_with_its_password_masked(
     assert proc.returncode == 1 and "database_url in" in json.loads(proc.stdout)["problems"][0]
     assert "reader-pw" not in proc.stdout
     with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"REVOKE SELECT ON fathom_transcripts FROM {READER}")
+        c.execute("REVOKE SELECT ON fathom_transcripts FROM fathom_reader")
     proc = cli("check", "--json", env=env)
     problem = json.loads(proc.stdout)["problems"][0]
     assert proc.returncode == 1 and "the transcripts query was refused (permission denied" in problem

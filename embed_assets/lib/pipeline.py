@@ -80,16 +80,16 @@ def chunk_recording(
         set_segment_count(conn, recording_id, content_hash, len(segments))
         clear_unreadable(conn, recording_id, spec.model_id)  # read now (a parser fix, say): not unreadable
     else:
-        if source is None and origin_of(conn, recording_id) == ORIGIN:
-            raise ConfigError(
-                f"recording {recording_id!r} comes from a source file (EMBED_SOURCE), which is not set where this "
-                "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
-            )
         own = read_recording(conn, recording_id)
         if own is None:
             raise RecordingDeletedError(
                 f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
                 "partition, or load it again with `embed-assets load`"
+            )
+        if not own.segments and origin_of(conn, recording_id) == ORIGIN:  # never chunk it as empty
+            raise ConfigError(
+                f"recording {recording_id!r} comes from a source file (EMBED_SOURCE), which is not set where this "
+                "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
             )
         segments, content_hash = own.segments, own.content_hash
     chunks = chunk_segments(segments, params, counter)

@@ -373,7 +373,18 @@ def _migrate(conn: psycopg.Connection, schema: str, dimension: int) -> list[int]
             applied.append(m.version)
         if applied:
             lock_down(conn)
+            _regrant(conn)
     return applied
+
+
+def _regrant(conn: psycopg.Connection) -> None:
+    """Roles given access through `embed-assets grant` get the same access to what the migrations just
+    created (a worker granted before an upgrade must not find a new table refused)."""
+    from embed_assets.lib.db.roles import grant  # roles builds on this module
+
+    for role, access in conn.execute(q(conn, "SELECT role, access FROM {s}.role_grants ORDER BY role")).fetchall():
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None:
+            grant(conn, role, access)
 
 
 def _ensure_pgvector(conn: psycopg.Connection) -> None:
