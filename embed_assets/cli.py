@@ -82,6 +82,11 @@ def _load(transcripts, problems, register: bool) -> Counter:
     from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.transcripts import reject_duplicates
 
+    if source := os.environ.get("EMBED_SOURCE", "").strip():
+        _die(
+            f"EMBED_SOURCE={source} is set: transcripts are read from the tables it names, and the project's own "
+            "tables, which load and sample write, are not read; unset EMBED_SOURCE to load files"
+        )
     transcripts, dup_problems = reject_duplicates(transcripts)
     problems = [*problems, *dup_problems]
     counts: Counter = Counter()
@@ -196,6 +201,44 @@ def grant(
         out.print(f"granted {access} access to {role}", highlight=False)
 
 
+@app.command()
+def adopt(
+    table: Annotated[str, typer.Option(help="The table holding text and vectors, e.g. public.transcript_chunks.")],
+    model: Annotated[str, typer.Option(help="The model those vectors were made with, e.g. text-embedding-3-small.")],
+    dimensions: Annotated[int | None, typer.Option(help="Their dimension, when the model's was shortened.")] = None,
+    text_column: Annotated[str, typer.Option(help="The column holding each vector's text.")] = "content",
+    embedding_column: Annotated[str, typer.Option(help="The pgvector column.")] = "embedding",
+    url_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of an env var holding the URL of the table's database (default: EMBED_SOURCE's "
+            "database, else the vector store's)."
+        ),  # fmt: skip
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Rows re-embedded to verify the vectors are the model's.")] = 8,
+) -> None:
+    """Adopt vectors already paid for: chunks whose exact text is in TABLE are never sent to the provider. The
+    vectors are verified first (dimension, and a re-embedded random sample); nothing is written to TABLE."""
+    from embed_assets.adoption import run_adopt
+
+    with _progress(True) as bar:
+        task = bar.add_task("adopting", total=None)
+        report, spec, where = run_adopt(
+            table, model, dimensions, text_column, embedding_column, url_env, sample, lambda n: bar.advance(task, n)
+        )
+    cos = ", ".join(f"{c:.4f}" for c in report.sample_cosines) or "not verified"
+    out.print(
+        f"{report.table} @ {where}: {report.rows} rows, {report.distinct_texts} distinct texts; sample of "
+        f"{len(report.sample_cosines)} re-embedded with {spec.model_id}: cosine {cos}\n"
+        f"adopted {report.adopted} vectors ({report.already_cached} already in the cache)\n"
+        f"matched {report.matched_chunks} chunks without a vector ({report.matched_tokens} tokens, "
+        f"${report.saved_usd(spec):.4f} not paid again); {report.unchunked_recordings} recordings not chunked "
+        "yet: their matches show as cache_hits in chunk_embeddings' metadata",
+        highlight=False,
+        markup=False,
+    )
+
+
 @app.command("db-url")
 def db_url(
     dagster: Annotated[bool, typer.Option(help="Print the Dagster storage URL instead.")] = False,
@@ -218,6 +261,29 @@ def db_stop() -> None:
     out.print("stopped" if stop_embedded_server(s.home) else "not running")
 
 
+def _sync_source(instance) -> None:
+    """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would) and bring the
+    partitions in line, so `embed` works without the daemon."""
+    from embed_assets.defs.resources import VectorStoreResource
+    from embed_assets.lib.settings import automation_settings
+    from embed_assets.lib.sources.discovery import all_recording_ids
+    from embed_assets.lib.sources.sync import sync_source
+
+    source = VectorStoreResource().source()
+    if source is None:
+        return
+    settings = automation_settings()
+    with source.connect() as source_conn, _connect_migrated() as conn:
+        _, report = sync_source(
+            source, source_conn, conn, {}, settle_s=0, scan_limit=settings.scan_limit, reconcile_every_s=0
+        )
+        ids = all_recording_ids(conn)  # the source's and any loaded from files
+    register_partitions(sorted(ids))
+    for key in set(instance.get_dynamic_partitions(PARTITIONS)) - ids:
+        instance.delete_dynamic_partition(PARTITIONS, key)
+    out.print(f"{source.describe()}: {report.summary()}", highlight=False, markup=False)
+
+
 @app.command()
 def embed(
     all_: Annotated[bool, typer.Option("--all", help="Run every partition, not only those needing work.")] = False,
@@ -235,15 +301,17 @@ def embed(
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
-    ordered = instance.get_dynamic_partitions(PARTITIONS)
     spec = _spec()
+    _sync_source(instance)
+    ordered = instance.get_dynamic_partitions(PARTITIONS)
     with _connect_migrated() as conn:
         pending = set(ordered) if all_ else set(ordered) - embedded_ids(conn, spec.model_id)
         if not pending:
             out.print(
                 f"nothing to embed: all {len(ordered)} registered recording(s) are embedded for {spec.model_id}"
                 if ordered
-                else "no recordings registered: add some with `embed-assets load` or `embed-assets sample N`",
+                else "no recordings registered: add some with `embed-assets load` or `embed-assets sample N`, "
+                "or point EMBED_SOURCE at your own tables",
                 highlight=False,
             )
             return
@@ -268,18 +336,14 @@ def _query_embedder():
 
     for k, v in QUIET_ENV.items():  # the model's "Loading weights" bar is noise in search output
         os.environ.setdefault(k, v)
-    from embed_assets.lib.tokenizers import token_counter
-
     emb = EmbedderResource()
     spec = emb.spec()
-    counter = token_counter(spec.tokenizer)
+    built: list = []
 
     def embed(texts: list[str]):
-        client = emb.build(batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
-        try:
-            return list(client.embed(texts, counter.count_many(texts)).vectors)
-        finally:
-            client.close()
+        if not built:  # the client (and a local model) only when a query needs embedding: text mode needs none
+            built.append(emb.texts_embedder())
+        return list(built[0](texts))
 
     return spec, embed
 
@@ -431,6 +495,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "last_errors": h["errors"],
         "verdict": h["verdict"],
         "reasons": h["reasons"],
+        "source": h["source"],
     }
     if as_json:
         print(json.dumps(data, default=str))
@@ -440,8 +505,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(h['failed'])} failed, "
         f"{len(h['dead_lettered'])} dead-lettered, {s.never_embedded} never embedded, {s.stale} stale\n"
         f"completion {s.completion_rate:.1%}; {s.chunks} chunks, {s.vectors} vectors "
-        f"({s.vectors_last_hour} embedded in the last hour)",
+        f"({s.vectors_last_hour} embedded in the last hour)\n"
+        f"source: {h['source']}; {s.unreadable_source_rows} unreadable source row(s)",
         highlight=False,
+        markup=False,
     )
     for rid in (h["dead_lettered"] + h["failed"])[:20]:
         e = h["errors"].get(rid, {})

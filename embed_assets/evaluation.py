@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from embed_assets.lib.errors import InputError
 from embed_assets.lib.search.evaluate import Report, evaluate, load_queries
 
@@ -46,6 +44,7 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     from embed_assets.defs.resources import EmbedderResource
     from embed_assets.lib.db.connection import connect, vector_database_url
     from embed_assets.lib.db.migrations import migrate
+    from embed_assets.lib.embedders.base import texts_function
     from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording
     from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.tokenizers import token_counter
@@ -60,9 +59,7 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     spec = resource.spec()
     embedder = resource.build(batch_size=64, max_concurrency=2, request_timeout_s=60, max_attempts=6, backoff_base_s=1)
     counter = token_counter(spec.tokenizer)
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return embedder.embed(texts, counter.count_many(texts)).vectors
+    embed = texts_function(embedder)
 
     url = _fresh_database() if load is not None else vector_database_url()
     try:

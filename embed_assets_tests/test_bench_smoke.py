@@ -29,6 +29,8 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
         "ui_partitions_page_500",
         "search_hybrid_p95_2000",
         "write_1000_chunks_into_2000_with_fulltext",
+        "source_first_pass_60",
+        "source_full_reconcile_60",
     ):
         assert expected in names
     data = json.loads(out.read_text())

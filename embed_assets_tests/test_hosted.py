@@ -222,3 +222,36 @@ def test_an_app_role_calls_embed_search_and_no_one_else_can(hosted: Hosted, migr
         assert len(rows) == 3
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             app.execute("SELECT count(*) FROM embed_assets.transcript_segments")
+
+
+def test_the_apps_own_table_is_the_source_through_the_pooler(hosted: Hosted, migrated: dict, tmp_path: Path) -> None:
+    """EMBED_SOURCE over an application table in the same database, read by the worker through the transaction
+    pooler with SELECT only; the recordings loaded from files earlier keep their vectors beside it."""
+    lines = "\n".join(
+        f"Dana: meeting {{m}} point {i}: the renewal, the seats and the security review." for i in range(12)
+    )
+    with hosted.admin() as c:
+        c.execute("CREATE TABLE public.meetings (id bigint PRIMARY KEY, transcript text,"
+                  " updated_at timestamptz NOT NULL DEFAULT clock_timestamp())")  # fmt: skip
+        for m in (1, 2):
+            c.execute("INSERT INTO public.meetings (id, transcript) VALUES (%s, %s)", (m, lines.format(m=m)))
+        c.execute(f"GRANT SELECT ON public.meetings TO {WORKER}")
+    source = tmp_path / "source.yaml"
+    source.write_text(
+        "recordings: SELECT 'meeting-' || id AS recording_id, updated_at FROM public.meetings\n"
+        "transcripts:\n  query: SELECT 'meeting-' || id AS recording_id, transcript FROM public.meetings\n"
+        "  format: text\n"
+    )
+    env = {**env_for(hosted, WORKER, tmp_path), "EMBED_SOURCE": str(source)}
+    try:
+        before = json.loads(cli("status", "--json", env=env, check=True).stdout)
+        assert before["recordings"] == before["embedded_current"] > 0  # loaded from files by earlier tests
+        proc = cli("embed", env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "source: 2 recording(s); 2 new" in proc.stdout
+        after = json.loads(cli("status", "--json", env=env, check=True).stdout)
+        assert after["recordings"] == after["embedded_current"] == before["recordings"] + 2
+        assert after["source"].startswith("source (") and "the vector store's database" in after["source"]
+    finally:
+        with hosted.admin() as c:
+            c.execute("DROP TABLE public.meetings")

@@ -7,12 +7,12 @@ import psycopg
 import pytest
 
 from embed_assets.lib.db import names as names_module
+from embed_assets.lib.db.connection import register_vector_types
 from embed_assets.lib.db.migrations import LATEST, MIGRATIONS, migrate, schema_version
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.pipeline import chunk_recording
 from embed_assets.lib.search.query import search
 from embed_assets.lib.sources.tables import upsert_transcript
-from embed_assets.lib.store import plan_embeddings
 from embed_assets_tests.support.dagster_dev import drop_database, fresh_database
 from embed_assets_tests.test_store import PARAMS, SPEC, transcript, vector_for
 
@@ -60,17 +60,20 @@ def test_an_install_from_before_the_schema_moves_out_of_public_with_every_row(sc
         for rid in ("old-1", "old-2", "old-3"):
             upsert_transcript(c, transcript(rid, 30, variant=rid))
             chunk_recording(c, rid, SPEC, PARAMS)
-            plan = plan_embeddings(c, rid, SPEC.model_id)  # vectors written as the code of that time did
-            for p in plan.to_embed:
+            register_vector_types(c)
+            chunks = c.execute(  # vectors written as the code of that time did
+                "SELECT chunk_index, content, content_hash FROM public.chunks WHERE recording_id = %s", (rid,)
+            ).fetchall()
+            for index, content, content_hash in chunks:
                 c.execute(
                     "INSERT INTO public.chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)"
                     " VALUES (%s, %s, %s, %s, %s)",
-                    (rid, SPEC.model_id, p.chunk_index, p.content_hash, vector_for(p.content, 384)),
+                    (rid, SPEC.model_id, index, content_hash, vector_for(content, 384)),
                 )
             c.execute(
                 "INSERT INTO public.embedded_recordings (recording_id, model, source_hash, chunk_count)"
-                " VALUES (%s, %s, %s, %s)",
-                (rid, SPEC.model_id, plan.source_hash, plan.chunk_count),
+                " SELECT recording_id, model, source_hash, chunk_count FROM public.chunk_plans WHERE recording_id = %s",
+                (rid,),
             )
         before = counts(c, "public")
         assert before["chunk_vectors"] > 10
@@ -121,3 +124,28 @@ def test_a_role_without_ddl_rights_is_told_what_to_run(scratch: str) -> None:
             c.execute("RESET ROLE")
             c.execute("DROP OWNED BY no_ddl_role")
             c.execute("DROP ROLE no_ddl_role")
+
+
+def test_roles_granted_before_an_upgrade_reach_what_it_creates(scratch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embed_assets.lib.db import migrations, roles
+
+    with psycopg.connect(scratch, autocommit=True) as c:
+        migrate(c, 384)
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'upgrade_worker'").fetchone() is None:
+            c.execute("CREATE ROLE upgrade_worker LOGIN")
+        roles.grant(c, "upgrade_worker", "runtime")
+        new = migrations.Migration(
+            LATEST + 1,
+            "a later table",
+            lambda conn, dim: conn.execute("CREATE TABLE embed_assets.later_table (id int PRIMARY KEY)"),  # fmt: skip
+        )
+        monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, new))
+        monkeypatch.setattr(migrations, "LATEST", LATEST + 1)
+        assert migrations.migrate(c, 384) == [LATEST + 1]
+        assert c.execute(
+            "SELECT has_table_privilege('upgrade_worker', 'embed_assets.later_table', 'INSERT')"
+        ).fetchone()[0]
+        policies = c.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'later_table'").fetchone()[0]
+        assert policies == 1  # and row-level security lets it see the rows
+        roles.revoke(c, "upgrade_worker")
+        c.execute("DROP ROLE upgrade_worker")

@@ -20,6 +20,8 @@ from embed_assets.lib.errors import (
     TransientProviderError,
 )
 from embed_assets.lib.pipeline import ChunkStats, EmbedStats, RecordingEmbedder, chunk_recording
+from embed_assets.lib.sources.external import ExternalSource
+from embed_assets.lib.sources.formats import UNREADABLE, UnreadableSourceRow
 from embed_assets.lib.store import SourceChangedError, record_error
 
 # Many recordings per backfill run, so 1,000 recordings are 40 process launches, not 1,000.
@@ -43,6 +45,7 @@ def _run_each(
     step_retries: int,
     retry_delay_s: float,
     on_error: Callable[[str, str], None],
+    passed_on: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run ``work`` per recording. Configuration/provider errors stop everything at once; other errors are
     collected so the remaining recordings still complete, then the step fails (or retries) naming each.
@@ -60,8 +63,15 @@ def _run_each(
         except ProviderError as e:
             on_error(key, str(e))
             raise _fatal(f"{key}: {e}", recording=key) from None
-        except RecordingDeletedError as e:
-            failed[key] = str(e)  # not retried: there is nothing left to embed
+        except (RecordingDeletedError, UnreadableSourceRow) as e:
+            if passed_on is not None and isinstance(e, UnreadableSourceRow):
+                # One unreadable source row must not hold back the other recordings of the run: it is recorded
+                # and the step goes on; the next step fails this recording by name (lib/store.plan_embeddings).
+                passed_on[key] = str(e)
+                on_error(key, str(e))
+                context.log.error(f"{key}: {e}")
+                continue
+            failed[key] = str(e)  # not retried: nothing to embed until the source row changes
         except psycopg.errors.QueryCanceled as e:
             # A statement timeout: retrying the same batch size would time out again. The small-batch
             # schedule is the lever (DESIGN.md), so fail this recording without step retries.
@@ -95,15 +105,15 @@ class _Connection:
     """One connection per step, replaced when the server drops it (a restart must cost one recording's
     attempt, not every remaining recording of the run)."""
 
-    def __init__(self, store: VectorStoreResource) -> None:
-        self._store = store
+    def __init__(self, store: VectorStoreResource, source: ExternalSource | None = None) -> None:
+        self._connect = source.connect if source is not None else store.connect
         self._conn: psycopg.Connection | None = None
 
     def get(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = self._store.connect()
+            self._conn = self._connect()
         return self._conn
 
     def close(self) -> None:
@@ -114,7 +124,8 @@ class _Connection:
 def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_id: str, asset: str):
     def record(key: str, message: str) -> None:
         try:
-            record_error(db.get(), key, model_id, asset, message, context.run_id)
+            unreadable = message.startswith(UNREADABLE)
+            record_error(db.get(), key, model_id, asset, message, context.run_id, unreadable=unreadable)
         except (
             psycopg.Error,
             DatabaseUnavailableError,
@@ -151,18 +162,26 @@ def transcript_chunks(
     except (ConfigError, ValueError) as e:
         raise _fatal(str(e)) from None
     store.ensure_schema(spec.dimension)
+    try:
+        source = store.source()
+    except ConfigError as e:
+        raise _fatal(str(e)) from None
     db = _Connection(store)
+    source_db = _Connection(store, source)
+    unreadable: dict[str, str] = {}
     try:
         stats: list[ChunkStats] = _run_each(
             context,
             context.partition_keys,
-            lambda key: chunk_recording(db.get(), key, spec, params),
+            lambda key: chunk_recording(db.get(), key, spec, params, source, source_db.get),
             step_retries=2,
             retry_delay_s=5.0,
             on_error=_recorder(context, db, spec.model_id, "transcript_chunks"),
+            passed_on=unreadable,
         )
     finally:
         db.close()
+        source_db.close()
     return dg.MaterializeResult(
         metadata={
             "recordings": len(stats),
@@ -175,6 +194,9 @@ def transcript_chunks(
             "chunk_tokens": params.max_tokens,
             "chunk_overlap": params.overlap_tokens,
             "seconds": round(sum(s.seconds for s in stats), 3),
+            "source": source.describe() if source else "project tables (recordings, transcript_segments)",
+            "unreadable_source_rows": len(unreadable),
+            **({"unreadable": dg.MetadataValue.json(dict(list(unreadable.items())[:50]))} if unreadable else {}),
             **_per_recording(stats),
         }
     )

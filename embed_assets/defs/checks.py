@@ -11,6 +11,7 @@ from embed_assets.defs.health import failure_state
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.db.connection import redact_url
+from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.health.alert_settings import alert_settings
 from embed_assets.lib.health.channels import reachability
 from embed_assets.lib.health.config import ConfigReport, check_configuration
@@ -39,6 +40,7 @@ def configuration_report(
         store.url,
         embedder.api_key_present(),
         (lambda: _probe(embedder)) if probe else None,
+        store.source,
         (lambda: reachability(alert_settings())) if alerts else None,
     )
 
@@ -46,8 +48,9 @@ def configuration_report(
 @dg.asset_check(asset=transcript_chunks, blocking=True)
 def embedding_config_valid(store: VectorStoreResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
     """Provider and model known, API key present (and accepted, when EMBED_PROBE=1 asks for one live
-    request), database reachable, pgvector installed, table dimension == model dimension, no other model's
-    vectors mixed in. Blocking: when it fails, chunk_embeddings does not start and nothing is paid for."""
+    request), the source readable (EMBED_SOURCE), database reachable, pgvector installed, table dimension ==
+    model dimension, no other model's vectors mixed in. Blocking: when it fails, chunk_embeddings does not
+    start and nothing is paid for."""
     probe = os.environ.get("EMBED_PROBE", "").strip().lower() in ("1", "true", "yes")
     report = configuration_report(store, embedder, probe)
     metadata: dict[str, object] = {k: str(v) for k, v in report.facts.items()}
@@ -62,6 +65,15 @@ def embedding_config_valid(store: VectorStoreResource, embedder: EmbedderResourc
     )
 
 
+def source_description(store: VectorStoreResource) -> str:
+    """Where transcripts come from, with any password masked (status, metadata, the UI)."""
+    try:
+        source = store.source()
+    except ConfigError as e:
+        return f"EMBED_SOURCE is unusable: {e}"
+    return source.describe() if source else "project tables (recordings, transcript_segments)"
+
+
 def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, model_id: str) -> dict[str, Any]:
     """Everything `completion_rate` and `embed-assets status` report, computed once, the same way."""
     settings = automation_settings()
@@ -73,6 +85,7 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
         errors = last_errors(conn, model_id, state.all_failed[:50])
     level, reasons = verdict(db, len(state.failed), len(state.dead_lettered))
     return {
+        "source": source_description(store),
         "db": db,
         "partitions": len(keys),
         "failed": state.failed,
@@ -109,6 +122,8 @@ def completion_rate(
             "dead_lettered": len(dead),
             "vectors_last_hour": db.vectors_last_hour,
             "minutes_since_last_embedding": round((db.seconds_since_last_embedding or 0) / 60, 1),
+            "unreadable_source_rows": db.unreadable_source_rows,
+            "source": h["source"],
             "dead_lettered_recordings": dg.MetadataValue.json(
                 {k: h["errors"].get(k, {}).get("error", "see the run in the UI") for k in dead[:50]}
             ),

@@ -2,20 +2,26 @@
 (never at import), and neither puts a URL password or an API key into config, logs or metadata."""
 
 import os
+from collections.abc import Callable
 
 import dagster as dg
+import numpy as np
 import psycopg
 from pydantic import PrivateAttr, SecretStr
 
 from embed_assets.lib.db.connection import connect, vector_database_url
 from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
+from embed_assets.lib.embedders.base import texts_function
 from embed_assets.lib.models import ModelSpec, resolve_model
 from embed_assets.lib.settings import DEFAULT_MODELS, load_settings
+from embed_assets.lib.sources.definition import configured_definition
+from embed_assets.lib.sources.external import ExternalSource
 
 
 class VectorStoreResource(dg.ConfigurableResource):
-    """Postgres + pgvector: EMBED_DATABASE_URL, or the embedded server under EMBED_HOME when unset."""
+    """Postgres + pgvector: EMBED_DATABASE_URL, or the embedded server under EMBED_HOME when unset; and where
+    its transcripts come from: the project's own tables, or the user's tables named by EMBED_SOURCE."""
 
     _url: str | None = PrivateAttr(default=None)
 
@@ -26,6 +32,11 @@ class VectorStoreResource(dg.ConfigurableResource):
 
     def connect(self) -> psycopg.Connection:
         return connect(self.url())
+
+    def source(self) -> ExternalSource | None:
+        """The source definition named by EMBED_SOURCE (read now, not at import), or None: the project's tables."""
+        definition = configured_definition()
+        return ExternalSource(definition, self.url()) if definition is not None else None
 
     def ensure_schema(self, dimension: int) -> list[int]:
         with self.connect() as conn:
@@ -52,6 +63,13 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def api_key_present(self) -> bool:
         return bool(os.environ.get("OPENAI_API_KEY", "").strip())
+
+    def texts_embedder(self) -> Callable[[list[str]], np.ndarray]:
+        """A function embedding a few texts (search queries, `adopt`'s verification sample) with this model,
+        on a client with short timeouts that lives as long as the process."""
+        return texts_function(
+            self.build(batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
+        )
 
     def build(
         self,

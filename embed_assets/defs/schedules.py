@@ -12,7 +12,7 @@ from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import VectorStoreResource
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.settings import automation_settings
-from embed_assets.lib.sources.discovery import source_hashes
+from embed_assets.lib.sources.discovery import source_hashes, unreadable_ids
 
 DEFAULT_RETRY_CRON = "*/15 * * * *"
 
@@ -38,17 +38,19 @@ def retry_cron() -> str:
 def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: VectorStoreResource):
     """Every 15 minutes (EMBED_RETRY_CRON): each recording whose chunk_embeddings partition is FAILED is
     re-launched alone with the small-batch preset (5 vectors per insert, long timeouts). After
-    EMBED_SMALL_BATCH_ATTEMPTS (3) such runs for the same transcript it is dead-lettered: no more automatic
+    EMBED_SMALL_BATCH_ATTEMPTS (3) such runs for the same transcript it is dead-lettered (a source row that
+    cannot be read is not retried: only its change can help, and the sensor sees that): no more automatic
     retries, visible in `embed-assets status` and the completion_rate check, re-launchable by hand."""
     settings = automation_settings()
     instance = context.instance
     keys = instance.get_dynamic_partitions(recordings_partitions.name)
     with store.connect() as conn:
         hashes = source_hashes(conn, keys)
+        unreadable = unreadable_ids(conn)  # retrying cannot read a malformed source row; its change will
     state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
     requests = []
     for key in state.failed:
-        if key in state.in_flight:
+        if key in state.in_flight or key in unreadable:
             continue
         if len(requests) >= settings.retries_per_tick:
             break
@@ -64,7 +66,8 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
         )
     if not requests:
         return dg.SkipReason(
-            f"{len(state.failed)} failed (retries in flight: {len(state.in_flight)}), "
+            f"{len(state.failed)} failed (retries in flight: {len(state.in_flight)}, unreadable source rows "
+            f"waiting for a fix: {len(unreadable & set(state.failed))}), "
             f"{len(state.dead_lettered)} dead-lettered: nothing to launch"
         )
     context.log.info(f"retrying {len(requests)} recording(s) with the small-batch preset")

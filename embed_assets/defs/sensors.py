@@ -11,6 +11,7 @@ from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
+from embed_assets.lib.sources.sync import sync_source
 
 
 def run_key(recording_id: str, model_id: str, content_hash: str) -> str:
@@ -27,8 +28,9 @@ def run_key(recording_id: str, model_id: str, content_hash: str) -> str:
 def new_recordings_sensor(
     context: dg.SensorEvaluationContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.SensorResult:
-    """Finds recordings that are new or changed (content hash) in the source tables by an
-    (updated_at, recording_id) cursor, and deleted ones by tombstone; adds/deletes their partitions and
+    """Finds recordings that are new or changed (content hash) in the source tables by an (updated_at,
+    recording_id) cursor, and deleted ones by tombstone (with EMBED_SOURCE, the user's own tables are first read
+    in place into the project's registry of recordings: lib/sources/sync.py); adds/deletes their partitions and
     requests one run per recording to embed (at most EMBED_SENSOR_MAX_RUNS per tick; the rest follow on the
     next ticks). Recordings whose last attempt failed are left to `retry_failed_recordings`. Once an hour it
     reconciles partitions with the source in full."""
@@ -39,7 +41,20 @@ def new_recordings_sensor(
     after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
     known = set(context.instance.get_dynamic_partitions(recordings_partitions.name))
 
+    source = store.source()  # EMBED_SOURCE: the user's tables, read in place; None: the project's tables
     with store.connect() as conn:
+        if source is not None:
+            with source.connect() as source_conn:
+                cursor["source"], report = sync_source(
+                    source,
+                    source_conn,
+                    conn,
+                    cursor.get("source", {}),
+                    settle_s=settings.settle_s,
+                    scan_limit=settings.scan_limit,
+                    reconcile_every_s=settings.reconcile_every_s,
+                )
+            context.log.info(f"{source.describe()}: {report.summary()}")
         now = db_now(conn)
         rows = changes_since(
             conn, after, now - timedelta(seconds=settings.settle_s), spec.model_id, settings.scan_limit

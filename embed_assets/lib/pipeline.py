@@ -12,8 +12,10 @@ import psycopg
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.db.names import q
 from embed_assets.lib.embedders.base import Embedder, EmbedResult
-from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
+from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
+from embed_assets.lib.sources.external import ExternalSource
+from embed_assets.lib.sources.registry import ORIGIN, clear_unreadable, origin_of, register, set_segment_count
 from embed_assets.lib.sources.tables import read_recording
 from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.tokenizers import token_counter
@@ -34,9 +36,27 @@ class ChunkStats:
         return asdict(self)
 
 
-def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec, params: ChunkParams) -> ChunkStats:
+def chunk_recording(
+    conn: psycopg.Connection,
+    recording_id: str,
+    spec: ModelSpec,
+    params: ChunkParams,
+    source: ExternalSource | None = None,
+    source_conn: Callable[[], psycopg.Connection] | None = None,
+) -> ChunkStats:
+    """Chunk one recording from its current transcript: the project's tables, or (with ``source``) the user's
+    own tables read in place, whose registry row is brought up to date first."""
     started = time.perf_counter()
     counter = token_counter(spec.tokenizer)
+    fetched = None
+    if source is not None and source_conn is not None and origin_of(conn, recording_id) == ORIGIN:
+        fetched = source.fetch(source_conn(), recording_id)
+        if fetched is None:
+            raise RecordingDeletedError(
+                f"recording {recording_id!r} is not in source {source.definition.name} (deleted?); the sensor "
+                "removes its partition and vectors"
+            )
+        register(conn, [fetched.meta])  # the source may have changed since the sensor saw it
     chunker = params.describe(counter.name)
     # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
     # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording.
@@ -54,17 +74,29 @@ def chunk_recording(conn: psycopg.Connection, recording_id: str, spec: ModelSpec
     if done is not None:
         segments, n_chunks, tokens = done
         return ChunkStats(recording_id, segments, n_chunks, tokens, 0, 0, n_chunks, time.perf_counter() - started)
-    source = read_recording(conn, recording_id)
-    if source is None:
-        raise RecordingDeletedError(
-            f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
-            "partition, or load it again with `embed-assets load`"
-        )
-    chunks = chunk_segments(source.segments, params, counter)
-    written = write_chunk_plan(conn, recording_id, spec.model_id, source.content_hash, chunker, chunks)
+    if fetched is not None and source is not None:
+        segments = source.segments(fetched)  # UnreadableSourceRow: this recording fails alone
+        content_hash = fetched.meta.content_hash
+        set_segment_count(conn, recording_id, content_hash, len(segments))
+        clear_unreadable(conn, recording_id, spec.model_id)  # read now (a parser fix, say): not unreadable
+    else:
+        own = read_recording(conn, recording_id)
+        if own is None:
+            raise RecordingDeletedError(
+                f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
+                "partition, or load it again with `embed-assets load`"
+            )
+        if not own.segments and origin_of(conn, recording_id) == ORIGIN:  # never chunk it as empty
+            raise ConfigError(
+                f"recording {recording_id!r} comes from a source file (EMBED_SOURCE), which is not set where this "
+                "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
+            )
+        segments, content_hash = own.segments, own.content_hash
+    chunks = chunk_segments(segments, params, counter)
+    written = write_chunk_plan(conn, recording_id, spec.model_id, content_hash, chunker, chunks)
     return ChunkStats(
         recording_id,
-        len(source.segments),
+        len(segments),
         len(chunks),
         sum(c.token_count for c in chunks),
         written.inserted,

@@ -22,6 +22,7 @@ from embed_assets.lib.db.migrations import vector_dimension
 from embed_assets.lib.db.names import q
 from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
+from embed_assets.lib.sources.formats import UnreadableSourceRow
 from embed_assets.lib.sources.tables import lock_recording
 
 
@@ -151,10 +152,20 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
     """Diff the recording's chunk plan against its stored vectors. Raises if it was never chunked."""
     register_vector_types(conn)
     plan = conn.execute(
-        q(conn, "SELECT source_hash, chunked_at FROM {s}.chunk_plans WHERE recording_id = %s AND model = %s"),
-        (recording_id, model_id),
+        q(
+            conn,
+            """SELECT p.source_hash, p.chunked_at, x.error
+               FROM {s}.recordings r
+               LEFT JOIN {s}.chunk_plans p ON p.recording_id = r.recording_id AND p.model = %(m)s
+               LEFT JOIN {s}.recording_errors x ON x.recording_id = r.recording_id AND x.model = %(m)s
+                    AND x.unreadable AND x.source_hash = r.content_hash
+               WHERE r.recording_id = %(r)s""",
+        ),
+        {"r": recording_id, "m": model_id},
     ).fetchone()
-    if plan is None:
+    if plan is not None and plan[2] is not None:  # its current source row could not be read when chunking
+        raise UnreadableSourceRow(plan[2])
+    if plan is None or plan[0] is None:
         _raise_if_deleted(conn, recording_id)
         raise SourceChangedError(
             f"recording {recording_id!r} has no chunks for model {model_id!r}; "
@@ -174,19 +185,25 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
     missing = [PendingChunk(r[0], r[1], r[2], r[3]) for r in rows if r[4] != r[2]]
     result = EmbeddingPlan(recording_id, model_id, plan[0], plan[1], len(rows), len(rows) - len(missing))
     if missing:
+        # Same model and text elsewhere in the table, or adopted (`embed-assets adopt`): never paid twice.
         found = dict(
             conn.execute(
                 q(
                     conn,
-                    """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM {s}.chunk_vectors
-                   WHERE model = %s AND content_hash = ANY(%s)""",
+                    """SELECT DISTINCT ON (content_hash) content_hash, embedding FROM (
+                           SELECT content_hash, embedding, 0 AS pref FROM {s}.chunk_vectors
+                           WHERE model = %(m)s AND content_hash = ANY(%(h)s)
+                           UNION ALL
+                           SELECT content_hash, embedding, 1 FROM {s}.vector_cache
+                           WHERE model = %(m)s AND content_hash = ANY(%(h)s)) found
+                       ORDER BY content_hash, pref""",
                 ),
-                (model_id, list({m.content_hash for m in missing})),
+                {"m": model_id, "h": list({m.content_hash for m in missing})},
             ).fetchall()
         )
         for m in missing:
             if m.content_hash in found:
-                result.cached[m.chunk_index] = (m.content_hash, _as_array(found[m.content_hash]))
+                result.cached[m.chunk_index] = (m.content_hash, as_array(found[m.content_hash]))
             else:
                 result.to_embed.append(m)
     return result
@@ -203,7 +220,7 @@ def _raise_if_deleted(conn: psycopg.Connection, recording_id: str) -> None:
         )
 
 
-def _as_array(value: object) -> np.ndarray:
+def as_array(value: object) -> np.ndarray:
     to_numpy = getattr(value, "to_numpy", None)  # pgvector >= 0.4 loads `vector` as a Vector object
     return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
@@ -310,20 +327,28 @@ def write_vectors(
 
 
 def record_error(
-    conn: psycopg.Connection, recording_id: str, model_id: str, asset: str, error: str, run_id: str | None
+    conn: psycopg.Connection,
+    recording_id: str,
+    model_id: str,
+    asset: str,
+    error: str,
+    run_id: str | None,
+    *,
+    unreadable: bool = False,
 ) -> None:
-    """Keep a recording's last error (visible in `status` and the completion check); cleared on success."""
+    """Keep a recording's last error (visible in `status` and the completion check); cleared on success.
+    ``unreadable``: the source row itself cannot be read (counted apart in `status`)."""
     conn.execute(
         q(
             conn,
-            """INSERT INTO {s}.recording_errors (recording_id, model, source_hash, asset, error, run_id)
-           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s
+            """INSERT INTO {s}.recording_errors (recording_id, model, source_hash, asset, error, run_id, unreadable)
+           SELECT recording_id, %(m)s, content_hash, %(a)s, %(e)s, %(run)s, %(u)s
            FROM {s}.recordings WHERE recording_id = %(r)s
            ON CONFLICT (recording_id, model) DO UPDATE
            SET source_hash = EXCLUDED.source_hash, asset = EXCLUDED.asset, error = EXCLUDED.error,
-               run_id = EXCLUDED.run_id, failed_at = now(),
+               run_id = EXCLUDED.run_id, failed_at = now(), unreadable = EXCLUDED.unreadable,
                failures = CASE WHEN recording_errors.source_hash = EXCLUDED.source_hash
                                THEN recording_errors.failures + 1 ELSE 1 END""",
         ),
-        {"r": recording_id, "m": model_id, "a": asset, "e": error[:4000], "run": run_id},
+        {"r": recording_id, "m": model_id, "a": asset, "e": error[:4000], "run": run_id, "u": unreadable},
     )

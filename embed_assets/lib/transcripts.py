@@ -205,10 +205,10 @@ def _segment_from_obj(seg: Any, seq: int, where: str, problems: list[InputProble
         speaker = "unknown"
     if not isinstance(speaker, str):
         raise ValueError(f'"speaker" must be a string, got {type(speaker).__name__}')
-    return _make_segment(seq, speaker, text, seg.get("start_s"), seg.get("end_s"), where, problems)
+    return make_segment(seq, speaker, text, seg.get("start_s"), seg.get("end_s"), where, problems)
 
 
-def _make_segment(
+def make_segment(
     seq: int, speaker: str, text: str, start: Any, end: Any, where: str, problems: list[InputProblem]
 ) -> Segment | None:
     """The turn at source position `seq`, or None when it has no speech (the caller skips and reports it;
@@ -283,14 +283,18 @@ def _seconds(stamp: str) -> float:
 
 
 def _cues(path: Path, text: str, vtt: bool) -> Parsed:
-    """WebVTT and SRT: blocks separated by blank lines, a `start --> end` line, then the cue text.
-    The speaker comes from a WebVTT voice tag (<v Dana>) or a `Name: ` prefix; else "unknown".
-    A cue's seq is its 0-based position among the file's cues, counting the skipped ones."""
-    out = Parsed()
     rid = path.stem
     if (err := validate_recording_id(rid)) is not None:
-        out.problems.append(InputProblem(str(path), f"file name gives the recording id: {err}"))
-        return out
+        return Parsed(problems=[InputProblem(str(path), f"file name gives the recording id: {err}")])
+    return parse_cues(str(path), rid, text, vtt)
+
+
+def parse_cues(path: str, rid: str, text: str, vtt: bool) -> Parsed:
+    """WebVTT and SRT: blocks separated by blank lines, a `start --> end` line, then the cue text.
+    The speaker comes from a WebVTT voice tag (<v Dana>) or a `Name: ` prefix; else "unknown".
+    A cue's seq is its 0-based position among the file's cues, counting the skipped ones. ``path`` names
+    the text in problems (a file, or a source row)."""
+    out = Parsed()
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if vtt and not (lines and lines[0].startswith("WEBVTT")):
         out.problems.append(InputProblem(f"{path}:1", 'not a WebVTT file: the first line must be "WEBVTT"'))
@@ -323,7 +327,7 @@ def _cues(path: Path, text: str, vtt: bool) -> Parsed:
         if speaker == "unknown" and (m := _SPEAKER_PREFIX.match(cue)):
             speaker, cue = m.group(1).strip(), m.group(2).strip()
         try:
-            segment = _make_segment(seq, speaker, cue, start_s, end_s, f"{path}:{lineno}", problems)
+            segment = make_segment(seq, speaker, cue, start_s, end_s, f"{path}:{lineno}", problems)
         except ValueError as e:
             out.problems.extend(problems)
             out.problems.append(InputProblem(f"{path}:{lineno}", str(e)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.db.connection import vector_database_url
-from embed_assets_tests.bench import e2e, providers, retrieval, scale, search, ui_scale, write_path
+from embed_assets_tests.bench import e2e, providers, retrieval, scale, search, sources, ui_scale, write_path
 from embed_assets_tests.bench.report import Report
 
 
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
     parser.add_argument(
-        "--only", default="providers,write,search,retrieval,scale,e2e,ui", help="comma-separated figure groups"
+        "--only", default="providers,write,search,retrieval,scale,e2e,ui,sources", help="comma-separated figure groups"
     )
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--recordings", type=int, default=200, help="recordings in the end-to-end backfill")
+    parser.add_argument("--source-calls", type=int, default=7_000, help="calls in the user-tables source figures")
     parser.add_argument("--partitions", default="10000,100000", help="partition counts of the UI scale figures")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
     args = parser.parse_args(argv)
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> Report:
     if "ui" in only:
         for n in (500,) if args.quick else [int(x) for x in args.partitions.split(",")]:
             ui_scale.partition_scale(url, n, report, progress)
+    if "sources" in only:
+        with tempfile.TemporaryDirectory() as work:
+            sources.source_sync(url, 60 if args.quick else args.source_calls, report, progress, Path(work))
     for n in () if args.skip_scale or "scale" not in only else (n_rec // 10, n_rec):
         scale.sensor_and_status(url, n, report, progress)
     report.write(args.out)

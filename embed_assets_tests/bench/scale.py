@@ -4,7 +4,6 @@ not embedded), on a throwaway Dagster instance and the bench database."""
 from __future__ import annotations
 
 import io
-import os
 import time
 
 import dagster as dg
@@ -15,22 +14,14 @@ from embed_assets.defs.health import failed_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.sensors import new_recordings_sensor
 from embed_assets.lib.db.migrations import migrate
-from embed_assets_tests.bench.report import Figure, Report
+from embed_assets_tests.bench.report import Figure, Report, environment
 
 SENSOR_TIMEOUT_S = 60  # Dagster's default sensor evaluation timeout
 
 
 def sensor_and_status(url: str, n: int, report: Report, progress) -> None:
-    saved = {k: os.environ.get(k) for k in ("EMBED_SENSOR_SETTLE_S", "EMBED_DATABASE_URL")}
-    os.environ.update(EMBED_SENSOR_SETTLE_S="0", EMBED_DATABASE_URL=url)  # the resources read these
-    try:
+    with environment(EMBED_SENSOR_SETTLE_S="0", EMBED_DATABASE_URL=url):
         _sensor_and_status(url, n, report, progress)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _sensor_and_status(url: str, n: int, report: Report, progress) -> None:

@@ -234,6 +234,29 @@ def _search(conn: psycopg.Connection, dim: int) -> None:
     refresh_search_function(conn, vector_dimension(conn) or dim, current_strategy(conn))
 
 
+def _sources(conn: psycopg.Connection, dim: int) -> None:
+    # A source row that cannot be read (lib/sources/formats.py) fails its recording like any error; flagged so
+    # `status` and the checks can count unreadable rows apart from other failures.
+    _x(conn, "ALTER TABLE {s}.recording_errors ADD COLUMN unreadable boolean NOT NULL DEFAULT false")
+    # Where a recording's transcript is: NULL, the project's transcript_segments (`load`, `sample`); 'source', the
+    # user's tables (EMBED_SOURCE). A source pass adds and removes only its own rows, so recordings loaded from
+    # files before a source was configured keep their vectors and keep working.
+    _x(conn, "ALTER TABLE {s}.recordings ADD COLUMN origin text")
+    # Vectors already paid for, adopted from another table (`embed-assets adopt`): looked up by (model, hash of
+    # the chunk text) before anything is sent to the provider. No dimension on the column: one cache serves
+    # every model, and no ANN index: it is only ever read by key.
+    _x(
+        conn,
+        """CREATE TABLE {s}.vector_cache (
+               model        text NOT NULL,
+               content_hash text NOT NULL,
+               embedding    {v}.vector NOT NULL,
+               origin       text NOT NULL,
+               adopted_at   timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (model, content_hash))""",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -241,6 +264,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "deletion tombstones and per-recording errors", _automation_tables),
     Migration(5, "own schema: row-level security on, no privileges but the owner's", _locked_down),
     Migration(6, "hybrid search: full-text column and index, active model, embed_search()", _search),
+    Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -349,7 +373,18 @@ def _migrate(conn: psycopg.Connection, schema: str, dimension: int) -> list[int]
             applied.append(m.version)
         if applied:
             lock_down(conn)
+            _regrant(conn)
     return applied
+
+
+def _regrant(conn: psycopg.Connection) -> None:
+    """Roles given access through `embed-assets grant` get the same access to what the migrations just
+    created (a worker granted before an upgrade must not find a new table refused)."""
+    from embed_assets.lib.db.roles import grant  # roles builds on this module
+
+    for role, access in conn.execute(q(conn, "SELECT role, access FROM {s}.role_grants ORDER BY role")).fetchall():
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None:
+            grant(conn, role, access)
 
 
 def _ensure_pgvector(conn: psycopg.Connection) -> None:

@@ -31,3 +31,11 @@ class Embedder(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def texts_function(embedder: Embedder) -> Callable[[list[str]], np.ndarray]:
+    """``texts -> vectors`` with exact token counts: for queries and verification samples, not bulk work."""
+    from embed_assets.lib.tokenizers import token_counter
+
+    counter = token_counter(embedder.spec.tokenizer)
+    return lambda texts: embedder.embed(texts, counter.count_many(texts)).vectors

@@ -12,6 +12,7 @@ from embed_assets.lib.db.migrations import check_access, vector_dimension
 from embed_assets.lib.db.names import names, q
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
+from embed_assets.lib.sources.external import ExternalSource
 
 
 @dataclass
@@ -31,6 +32,7 @@ def check_configuration(
     database_url: Callable[[], str],
     api_key_present: bool,
     probe: Callable[[], None] | None = None,
+    source: Callable[[], ExternalSource | None] | None = None,
     alert_channels: Callable[[], list[tuple[str, bool, str]]] | None = None,
 ) -> ConfigReport:
     """Every property that must hold before paying for embeddings; each failure names its fix. With
@@ -38,6 +40,8 @@ def check_configuration(
     a malformed alert setting is a problem, an unreachable channel only a warning (runs can still work), an
     unconfigured one neither (alerts are off by default)."""
     report = ConfigReport()
+    if source is not None:
+        _check_source(source, report)
     spec: ModelSpec | None = None
     try:
         spec = resolve_spec()
@@ -76,6 +80,22 @@ def check_configuration(
     if alert_channels is not None:
         _check_alert_channels(alert_channels, report)
     return report
+
+
+def _check_source(source: Callable[[], ExternalSource | None], report: ConfigReport) -> None:
+    """EMBED_SOURCE: the file is valid, its database reachable, its queries run and yield the right columns."""
+    try:
+        ext = source()
+        if ext is None:
+            report.facts["source"] = "project tables (recordings, transcript_segments)"
+            return
+        report.facts["source"] = ext.describe()
+        with ext.connect() as conn:
+            ids = ext.ids(conn)
+        cursor = "updated_at cursor" if ext.has_updated_at else f"hash reconcile every {ext.definition.reconcile_s:g} s"
+        report.facts["source_rows"] = f"{len(ids)} recordings readable ({cursor})"
+    except (EmbedAssetsError, psycopg.Error) as e:
+        report.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _check_alert_channels(probe: Callable[[], list[tuple[str, bool, str]]], report: ConfigReport) -> None:

@@ -33,6 +33,7 @@ class DbStatus:
     last_embedded_at: datetime | None
     seconds_since_last_embedding: float | None
     stale_ids: list[str] = field(default_factory=list)
+    unreadable_source_rows: int = 0  # current transcripts whose source row cannot be read (recording_errors)
 
     @property
     def pending(self) -> int:
@@ -85,6 +86,14 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
             (model, sample_ids),
         )
     ]
+    unreadable = conn.execute(
+        q(
+            conn,
+            """SELECT count(*) FROM {s}.recording_errors x JOIN {s}.recordings r USING (recording_id)
+               WHERE x.model = %s AND x.unreadable AND x.source_hash = r.content_hash""",
+        ),
+        (model,),
+    ).fetchone()[0]
     return DbStatus(
         model,
         row[0],
@@ -97,6 +106,7 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
         vec[2],
         float(vec[3]) if vec[3] is not None else None,
         stale_ids,
+        unreadable,
     )
 
 

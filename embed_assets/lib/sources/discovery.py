@@ -108,3 +108,17 @@ def source_hashes(conn: psycopg.Connection, ids: list[str]) -> dict[str, str]:
 
 def db_now(conn: psycopg.Connection) -> datetime:
     return conn.execute("SELECT now()").fetchone()[0]
+
+
+def unreadable_ids(conn: psycopg.Connection) -> set[str]:
+    """Recordings whose current source row cannot be read: only a change of the row can help them."""
+    return {
+        r[0]
+        for r in conn.execute(
+            q(
+                conn,
+                """SELECT x.recording_id FROM {s}.recording_errors x JOIN {s}.recordings r USING (recording_id)
+                   WHERE x.unreadable AND x.source_hash = r.content_hash""",
+            )
+        )
+    }

@@ -1,0 +1,102 @@
+"""One pass of the sensor over an external source: bring the registry (lib/sources/registry.py) in line with it.
+
+Each pass reads the source's ids (new and deleted recordings: one scan of the id column) and then
+- with an ``updated_at`` column: the rows changed since the cursor, (updated_at, recording_id), up to a
+  settle margin behind the source's clock (a transaction committing late is not skipped), at most
+  ``scan_limit`` per pass;
+- every ``reconcile_s`` (the source file's ``reconcile_seconds`` without updated_at, the sensor's hourly
+  reconcile with it): the content hash of every recording, computed by the source server. That is how a
+  source without updated_at finds changed transcripts, and how one with it finds a transcript changed without
+  touching updated_at.
+Only hashes and metadata cross the wire here; transcripts are read when a partition runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from embed_assets.lib.sources.external import ExternalSource, usable_id
+from embed_assets.lib.sources.registry import RegistryChanges, loaded_ids, register, registered_ids, remove
+
+
+@dataclass
+class SyncReport:
+    source_rows: int = 0
+    scanned: int = 0  # rows whose hash was read this pass
+    registry: RegistryChanges = field(default_factory=RegistryChanges)
+    reconciled: bool = False
+    unusable_ids: dict[str, str] = field(default_factory=dict)  # id -> why it cannot be a partition key
+
+    def summary(self) -> str:
+        r = self.registry
+        text = (
+            f"source: {self.source_rows} recording(s); {r.added} new, {r.changed} changed, {r.renamed} retitled, "
+            f"{r.removed} removed ({self.scanned} hashed{', full reconcile' if self.reconciled else ''})"
+        )
+        if r.conflicts:
+            text += f"; {r.conflicts} id(s) already used by recordings loaded from files (left as they are)"
+        if self.unusable_ids:
+            first = next(iter(self.unusable_ids.items()))
+            text += f"; {len(self.unusable_ids)} id(s) skipped, e.g. {first[0]!r}: {first[1]}"
+        return text
+
+
+def sync_source(
+    source: ExternalSource,
+    source_conn: psycopg.Connection,
+    store_conn: psycopg.Connection,
+    state: dict[str, Any],
+    *,
+    settle_s: float,
+    scan_limit: int,
+    reconcile_every_s: float,
+) -> tuple[dict[str, Any], SyncReport]:
+    """Returns the new state (JSON-able: kept in the sensor's cursor) and what changed."""
+    report = SyncReport()
+    source.validate(source_conn)
+    now = source.now(source_conn)
+    ids = source.ids(source_conn)
+    for rid in sorted(ids):
+        if (why := usable_id(rid)) is not None:
+            report.unusable_ids[rid] = why
+    ids -= set(report.unusable_ids)
+    report.source_rows = len(ids)
+    known = registered_ids(store_conn)
+    loaded = loaded_ids(store_conn)  # recordings loaded from files keep their id; the source's twin waits
+    report.registry.conflicts = len(ids & loaded)
+    ids -= loaded
+    gone = sorted(known - ids)
+    if gone:
+        report.registry.removed = remove(store_conn, gone)
+    candidates = set(ids - known)
+    new_state = dict(state)
+    period = reconcile_every_s if source.has_updated_at else source.definition.reconcile_s
+    if now.timestamp() - float(state.get("reconciled", 0)) >= period:
+        candidates |= ids
+        new_state["reconciled"] = now.timestamp()
+        report.reconciled = True
+    elif source.has_updated_at:
+        after = (datetime.fromisoformat(state["ts"]), state["id"]) if "ts" in state else None
+        changed = source.changed_since(source_conn, after, now - timedelta(seconds=settle_s), scan_limit)
+        candidates |= {rid for _, rid in changed if rid in ids}
+        if changed:
+            new_state["ts"], new_state["id"] = changed[-1][0].isoformat(), changed[-1][1]
+    if report.reconciled and source.has_updated_at:
+        # A full pass covers everything up to now: the cursor moves to the settle margin.
+        last = source.latest(source_conn, now - timedelta(seconds=settle_s))
+        if last:
+            new_state["ts"], new_state["id"] = last[0].isoformat(), last[1]
+    rows = source.recordings(source_conn, sorted(candidates))
+    report.scanned = len(rows)
+    changes = register(store_conn, rows)
+    report.registry.added, report.registry.changed, report.registry.renamed = (
+        changes.added,
+        changes.changed,
+        changes.renamed,
+    )
+    report.registry.conflicts += changes.conflicts  # loaded in the meantime
+    return new_state, report
