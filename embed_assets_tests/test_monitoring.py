@@ -43,6 +43,7 @@ def test_health_numbers_equal_the_database(conn: psycopg.Connection, fake_openai
     assert md["estimated_cost_usd_per_day"] == pytest.approx(tokens * 0.02 / 1e6, abs=1e-6)
     assert md["oldest_pending_minutes"] >= 0 and md["verdict"] == "warning"  # 67% < 99%, but embedding is recent
     assert md["model"] == SPEC.model_id
+    assert md["unreadable_source_rows"] == 0 and md["source"].startswith("project tables")
 
 
 def test_the_schedule_asks_for_a_run_every_tick_and_its_cron_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:

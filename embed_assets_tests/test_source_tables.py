@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from embed_assets.definitions import defs
+from embed_assets.defs.monitoring import pipeline_health
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.schedules import retry_failed_recordings
 from embed_assets.lib.health.status import db_status
@@ -178,6 +179,11 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
         assert len(vectors(conn, rid)) > 1
     status = db_status(conn, MODEL)
     assert (status.embedded_current, status.unreadable_source_rows) == (3, 1)
+    # The UI's health asset shows the source (password masked) and the unreadable row.
+    health = dg.materialize([pipeline_health], instance=instance, resources=RESOURCES)
+    md = health.asset_materializations_for_node("pipeline_health")[0].metadata
+    assert md["unreadable_source_rows"].value == 1
+    assert md["source"].value.startswith("fathom (") and ":***@" in md["source"].value
     # The retry schedule leaves it alone: only a change of the row can help, and the sensor sees that.
     ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC), resources=RESOURCES)
     retried = retry_failed_recordings(ctx)

@@ -2,8 +2,8 @@
 not any embedding run happens (the daemon down is the one thing it cannot see: that is the heartbeat's job, see
 defs/alerts.py). Why an asset and not the checks on a schedule: each materialization stores its numbers as metadata,
 and Dagster plots numeric metadata over time on the asset's page (*Catalog -> pipeline_health -> Overview ->
-Metadata -> Plots*): that
-plot is the trend dashboard, with no other service. The verdict is the same as `embed-assets status`'s."""
+Metadata -> Plots*): that plot is the trend dashboard, with no other service. The verdict is the same as
+`embed-assets status`'s."""
 
 import dagster as dg
 
@@ -52,6 +52,8 @@ def pipeline_health(
             "vectors_last_hour": t.vectors_last_hour,
             "tokens_last_hour": t.tokens_last_hour,
             "estimated_cost_usd_per_day": dg.MetadataValue.float(round(cost_per_day, 6)),
+            "unreadable_source_rows": db.unreadable_source_rows,
+            "source": h["source"],
             "model": spec.model_id,
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
             "causes": dg.MetadataValue.json({"problems": problems, "reasons": h["reasons"]}),  # read by the alerts
