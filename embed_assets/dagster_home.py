@@ -44,6 +44,9 @@ compute_logs:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+    dequeue_use_threads: true
 
 concurrency:
   runs:

@@ -28,7 +28,7 @@ def completion(instance: dg.DagsterInstance) -> dg.AssetCheckResult:
 
 
 def integrity() -> dg.AssetCheckResult:
-    return chunk_integrity(store=VectorStoreResource(), embedder=EmbedderResource())
+    return chunk_integrity(dg.build_asset_check_context(), store=VectorStoreResource(), embedder=EmbedderResource())
 
 
 def test_completion_rate_counts_match_the_database(conn, instance, fake_openai) -> None:

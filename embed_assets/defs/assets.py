@@ -12,6 +12,7 @@ import psycopg
 from embed_assets.defs.config import ChunkConfig, EmbedConfig
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.lib.embedders.base import LazyEmbedder
 from embed_assets.lib.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -201,15 +202,19 @@ def chunk_embeddings(
     config = config.effective()
     try:
         spec = embedder.spec()
-        client = embedder.build(
+    except ConfigError as e:
+        raise _fatal(str(e)) from None
+    # Built when a recording first needs the provider (a ConfigError then fails the step as fatal).
+    client = LazyEmbedder(
+        spec,
+        lambda: embedder.build(
             batch_size=config.embed_batch_size,
             max_concurrency=config.max_concurrency,
             request_timeout_s=config.request_timeout_s,
             max_attempts=config.max_attempts,
             backoff_base_s=config.backoff_base_s,
-        )
-    except ConfigError as e:
-        raise _fatal(str(e)) from None
+        ),
+    )
     db = _Connection(store)
     keys = context.partition_keys
     # The provider gets the pending chunks of several recordings per batch: enough to fill every request in
@@ -245,6 +250,7 @@ def chunk_embeddings(
             "tokens": provider.tokens,
             "provider_requests": provider.requests,
             "provider_retries": provider.retries,
+            "provider_rate_limited": provider.rate_limited,
             "estimated_cost_usd": round(provider.cost_usd(spec), 6),
             "vectors_written": sum(s.vectors_written for s in stats),
             "vectors_deleted": sum(s.vectors_deleted for s in stats),
