@@ -76,7 +76,8 @@ def check_integrity(conn: psycopg.Connection, model_id: str, recording_ids: Sequ
     zero = conn.execute(
         q(
             conn,
-            "SELECT recording_id FROM {s}.chunk_vectors v WHERE model = %(m)s AND {v}.vector_norm(embedding) = 0 {only}",
+            "SELECT recording_id FROM {s}.chunk_vectors v "
+            "WHERE model = %(m)s AND {v}.vector_norm(embedding) = 0 {only}",
             only=only("v"),
         ),
         p,
