@@ -21,10 +21,11 @@ from embed_assets.lib.errors import (
     TransientProviderError,
 )
 from embed_assets.lib.pipeline import ChunkStats, EmbedStats, RecordingEmbedder, chunk_recording
+from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.store import SourceChangedError, record_error
 
-# Many recordings per backfill run, so 1,000 recordings are 40 process launches, not 1,000.
-BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
+# Many recordings per backfill run, so 1,000 recordings are 10 process launches, not 1,000.
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=RECORDINGS_PER_RUN)
 GROUP = "embeddings"
 
 

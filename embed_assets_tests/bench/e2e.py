@@ -24,6 +24,7 @@ from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.models import resolve_model
 from embed_assets.lib.sample import sample_transcripts
+from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.tokenizers import token_counter
 from embed_assets_tests.bench.report import Figure, Report
@@ -168,7 +169,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                     sum(floor.values()),
                     "sum of stage floors",
                     False,
-                    "`embed-assets embed`: 25 recordings per run, in one process",
+                    f"`embed-assets embed`: {RECORDINGS_PER_RUN} recordings per run, in one process",
                 )
             )
             report.add(
