@@ -227,6 +227,7 @@ def chunk_embeddings(
         window_inputs=config.embed_batch_size * config.max_concurrency,
         insert_batch_size=config.insert_batch_size,
         statement_timeout_ms=int(config.statement_timeout_s * 1000),
+        adaptive_batches=config.adaptive_batches,
         log=context.log.info,
     )
     try:
@@ -258,6 +259,7 @@ def chunk_embeddings(
             "insert_statements": sum(s.insert_statements for s in stats),
             "embed_seconds": round(provider.seconds, 3),
             "write_seconds": round(sum(s.write_seconds for s in stats), 3),
+            "adapted_recordings": dg.MetadataValue.json({s.recording_id: s.adapted for s in stats if s.adapted}),
             "model": spec.model_id,
             "provider": spec.provider,
             "dimension": spec.dimension,

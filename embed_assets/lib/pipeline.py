@@ -15,7 +15,14 @@ from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.tables import read_recording
-from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
+from embed_assets.lib.store import (
+    BatchSizer,
+    EmbeddingPlan,
+    PendingChunk,
+    plan_embeddings,
+    write_chunk_plan,
+    write_vectors,
+)
 from embed_assets.lib.tokenizers import counter_name, token_counter
 
 
@@ -88,6 +95,7 @@ class EmbedStats:
     vectors_deleted: int = 0
     insert_statements: int = 0
     write_seconds: float = 0.0
+    adapted: str = ""  # why this recording was written in smaller insert batches than configured
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -147,9 +155,11 @@ class RecordingEmbedder:
         window_inputs: int,
         insert_batch_size: int,
         statement_timeout_ms: int,
+        adaptive_batches: bool = False,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._conn, self._embedder, self._keys = conn, embedder, list(keys)
+        self._sizer = BatchSizer(floor=min(5, insert_batch_size)) if adaptive_batches else None
         self._position = {k: i for i, k in enumerate(self._keys)}
         self._window_inputs = max(1, window_inputs)
         self._insert_batch_size, self._statement_timeout_ms = insert_batch_size, statement_timeout_ms
@@ -167,10 +177,13 @@ class RecordingEmbedder:
             planned.vectors,
             insert_batch_size=self._insert_batch_size,
             statement_timeout_ms=self._statement_timeout_ms,
+            sizer=self._sizer,
         )
         stats = planned.stats
         stats.vectors_written, stats.vectors_deleted = w.written, w.deleted
-        stats.insert_statements, stats.write_seconds = w.statements, w.seconds
+        stats.insert_statements, stats.write_seconds, stats.adapted = w.statements, w.seconds, w.adapted
+        if w.adapted:
+            self._log(f"{recording_id}: smaller insert batches to stay under the statement timeout: {w.adapted}")
         return stats
 
     def _plan(self, recording_id: str) -> _Planned:

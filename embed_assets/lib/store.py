@@ -220,6 +220,32 @@ class VectorWrite:
     deleted: int
     statements: int
     seconds: float
+    adapted: str = ""  # why smaller insert batches than configured were used, if they were
+
+
+class BatchSizer:
+    """Insert batches sized so each COPY statement is predicted to take at most ``share`` of the statement
+    timeout, from the write latency per row measured on this step's statements so far (the first statement
+    of a step, with nothing measured yet, is a probe of ``floor`` rows). A long recording into a slow index
+    is then written in small batches from its first attempt instead of timing out and waiting for the retry
+    schedule (which stays the safety net). Never below ``floor`` rows (the small-batch preset's size): when
+    even that is predicted too slow, nothing can help and the statement timeout fails the recording."""
+
+    def __init__(self, floor: int = 5, share: float = 0.25) -> None:
+        self.floor, self.share = floor, share
+        self.per_row_s: float | None = None  # rises at once with a slower statement, decays halfway per statement
+
+    def size(self, configured: int, timeout_s: float) -> int:
+        if configured <= self.floor:
+            return configured
+        if self.per_row_s is None:
+            return self.floor
+        fits = int(timeout_s * self.share / self.per_row_s) if self.per_row_s > 0 else configured
+        return max(self.floor, min(configured, fits))
+
+    def observe(self, rows: int, seconds: float) -> None:
+        per_row = seconds / max(rows, 1)
+        self.per_row_s = per_row if self.per_row_s is None else max(per_row, (self.per_row_s + per_row) / 2)
 
 
 def write_vectors(
@@ -229,9 +255,11 @@ def write_vectors(
     *,
     insert_batch_size: int,
     statement_timeout_ms: int,
+    sizer: BatchSizer | None = None,
 ) -> VectorWrite:
     """Write the recording's new vectors in one transaction: delete rows whose chunk changed, then binary
-    COPY the new ones in statements of ``insert_batch_size`` rows, each under ``statement_timeout_ms``."""
+    COPY the new ones in statements of ``insert_batch_size`` rows (fewer when ``sizer`` predicts a statement
+    timeout), each under ``statement_timeout_ms``."""
     started = time.perf_counter()
     rows = {**plan.cached, **vectors}
     if not rows and plan.vector_count == plan.in_place == plan.chunk_count and _mark_unchanged(conn, plan):
@@ -281,19 +309,26 @@ def write_vectors(
             ).fetchall()
         )
         items = sorted((i, r) for i, r in rows.items() if have.get(i) != r[0])
-        statements = 0
-        for start in range(0, len(items), max(1, insert_batch_size)):
+        statements, start, smallest = 0, 0, max(1, insert_batch_size)
+        timeout_s = statement_timeout_ms / 1000
+        while start < len(items):
+            probe = sizer is not None and sizer.per_row_s is None
+            n = sizer.size(max(1, insert_batch_size), timeout_s) if sizer else max(1, insert_batch_size)
+            batch = items[start : start + n]
+            began = time.perf_counter()
             write_rows(
                 conn,
                 "chunk_vectors",
                 ("recording_id", "model", "chunk_index", "content_hash", "embedding"),
-                [
-                    (plan.recording_id, plan.model_id, idx, h, vec)
-                    for idx, (h, vec) in items[start : start + insert_batch_size]
-                ],
+                [(plan.recording_id, plan.model_id, idx, h, vec) for idx, (h, vec) in batch],
                 binary_types=("text", "text", "int4", "text", "vector"),
             )
+            if sizer:
+                sizer.observe(len(batch), time.perf_counter() - began)
+            if not probe and len(batch) == n:  # not the step's probe, nor a last, short remainder
+                smallest = min(smallest, n)
             statements += 1
+            start += len(batch)
         if statements:  # the first vectors of a database make their model the active one
             conn.execute(
                 q(conn, "INSERT INTO {s}.active_model (model, dimension) VALUES (%s, %s) ON CONFLICT DO NOTHING"),
@@ -314,7 +349,14 @@ def write_vectors(
             ),
             (plan.recording_id, plan.model_id, plan.source_hash, plan.chunk_count),
         )
-    return VectorWrite(len(items), max(deleted, 0), statements, time.perf_counter() - started)
+    adapted = ""
+    if sizer and smallest < insert_batch_size and len(items) > smallest:
+        adapted = (
+            f"{len(items)} rows in {statements} statements of <= {smallest} (configured {insert_batch_size}): "
+            f"{(sizer.per_row_s or 0) * 1000:.2f} ms per row measured, so {insert_batch_size} rows would take "
+            f"~{(sizer.per_row_s or 0) * insert_batch_size:.2f} s of the {timeout_s:g} s statement timeout"
+        )
+    return VectorWrite(len(items), max(deleted, 0), statements, time.perf_counter() - started, adapted)
 
 
 def _mark_unchanged(conn: psycopg.Connection, plan: EmbeddingPlan) -> bool:
