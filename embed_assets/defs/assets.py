@@ -228,6 +228,7 @@ def chunk_embeddings(
         insert_batch_size=config.insert_batch_size,
         statement_timeout_ms=int(config.statement_timeout_s * 1000),
         adaptive_batches=config.adaptive_batches,
+        prefetch=True,
         log=context.log.info,
     )
     try:
@@ -240,6 +241,7 @@ def chunk_embeddings(
             on_error=_recorder(context, db, spec.model_id, "chunk_embeddings"),
         )
     finally:
+        recordings.close()
         db.close()
         client.close()
     provider = recordings.totals
