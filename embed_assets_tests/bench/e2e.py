@@ -312,6 +312,16 @@ def _in_steps_since(home: Path, since: float) -> dict[str, float]:
         instance.dispose()
 
 
+def _covered(intervals: list[tuple[float | None, float | None]]) -> float:
+    """Seconds covered by the union of the intervals (time during which at least one step ran)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted((a, b) for a, b in intervals if a is not None and b is not None):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def _runs(instance, backfill_id: str):
     import dagster as dg
 
@@ -351,6 +361,9 @@ def _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, repor
         queued.append(r.start_time - r.create_timestamp.timestamp())
     kinds = _in_steps(instance, [r.dagster_run.run_id for r in runs])
     in_steps_total = kinds["total"]
+    covered = _covered(
+        [(st.start_time, st.end_time) for r in runs for st in instance.get_run_step_stats(r.dagster_run.run_id)]
+    )
     first_run = min(r.create_timestamp.timestamp() for r in runs) - launched
     for stage, seconds in floor.items():
         report.add(Figure(f"e2e_floor_{stage}", seconds, "s"))
@@ -388,6 +401,26 @@ def _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, repor
             "sum of stage floors",
             False,
             "time inside steps, summed over runs: " + _by_kind(kinds),
+        )
+    )
+    report.add(
+        Figure(
+            "e2e_backfill_wall_in_steps",
+            covered,
+            "s",
+            floor_sum,
+            "sum of stage floors",
+            False,
+            "wall time during which at least one step of the backfill was running (ours)",
+        )
+    )
+    report.add(
+        Figure(
+            "e2e_backfill_dagster_share",
+            wall - covered,
+            "s",
+            note="the rest of the wall time, no step running: the backfill daemon's pickup, the run queue, run "
+            "launches (a process each) and Dagster's bookkeeping between steps",
         )
     )
     report.add(Figure("e2e_runs", len(runs), "runs", note=f"for {n} recordings (BackfillPolicy.multi_run)"))
