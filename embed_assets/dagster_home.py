@@ -19,7 +19,8 @@ WORKSPACE = """load_from:
 """
 # The repository's dagster.yaml, for an installed package (no checkout to copy it from).
 # embed_assets_tests/test_dagster_home.py fails when the two differ.
-PACKAGED_DAGSTER_YAML = """# Dagster instance for embed_assets: DAGSTER_HOME is the folder that holds this file (the repository root,
+PACKAGED_DAGSTER_YAML = """\
+# Dagster instance for embed_assets: DAGSTER_HOME is the folder that holds this file (the repository root,
 # or a folder of its own: `embed-assets` writes this file into an empty one).
 # Storage: database `dagster` on the embedded server under EMBED_HOME by default; schema `dagster` of the
 # EMBED_DATABASE_URL database in production (or EMBED_DAGSTER_DATABASE_URL: a session-mode or direct URL,
