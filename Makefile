@@ -52,7 +52,7 @@ lint: install
 	$(BIN)/ruff check embed_assets embed_assets_tests deploy
 	$(BIN)/ruff format --check embed_assets embed_assets_tests deploy
 
-# Every figure against its floor (README "Performance"); ~40 min at full size. JSON in $(EMBED_HOME)/bench.json.
+# Every figure against its floor (README "Performance"); ~50 min at full size (the seed group ~8 of them). JSON in $(EMBED_HOME)/bench.json.
 bench: install
 	$(BIN)/python -m embed_assets_tests.bench
 

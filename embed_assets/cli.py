@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from embed_assets.lib.errors import EmbedAssetsError
+from embed_assets.lib.settings import RECORDINGS_PER_RUN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Keep call-transcript embeddings in pgvector.")
 out = Console(soft_wrap=True)  # long paths and URLs stay on one line in logs
@@ -287,7 +288,7 @@ def _sync_source(instance) -> None:
 @app.command()
 def embed(
     all_: Annotated[bool, typer.Option("--all", help="Run every partition, not only those needing work.")] = False,
-    per_run: Annotated[int, typer.Option(help="Recordings per run (partition range).", min=1)] = 25,
+    per_run: Annotated[int, typer.Option(help="Recordings per run (partition range).", min=1)] = RECORDINGS_PER_RUN,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also print Dagster's event log lines (always kept in the UI).")
     ] = False,

@@ -44,6 +44,11 @@ compute_logs:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
+  config:
+    # The daemon looks at the queue every second (default 5 s: a run waited up to 5 s for a free slot) and
+    # launches dequeued runs on threads, so one slow process start does not hold up the next (`make bench`, e2e).
+    dequeue_interval_seconds: 1
+    dequeue_use_threads: true
 
 concurrency:
   runs:

@@ -74,7 +74,7 @@ class EmbedRunStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresRunStorage):
     pass
 
 
-# A run over 25 recordings stores 25 materializations per asset. Dagster writes them one row and four
+# A run over 100 recordings stores 100 materializations per asset. Dagster writes them one row and four
 # statements at a time unless DAGSTER_EVENT_BATCH_SIZE > 0, when a step's materializations go in one
 # insert (200 unchanged recordings in 8 runs: 11.5 s -> 9.4 s, median of 3 alternating pairs; README
 # "Performance"). Dagster reads the variable in the process that stores the events (the run worker).

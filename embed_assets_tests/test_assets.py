@@ -193,7 +193,13 @@ def test_wrong_dimension_from_the_provider_fails_loudly_and_writes_nothing(conn,
 
 def test_statement_timeout_fails_without_retries_and_small_batch_recovers(conn, instance, fake_openai) -> None:
     (rid,) = load(conn, instance, [short("rec-big", 300)])
-    tight = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
+    tight = {
+        "ops": {
+            "chunk_embeddings": {
+                "config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000, "adaptive_batches": False}
+            }
+        }
+    }
     failed = run(instance, rid, tight)
     assert not failed.success
     message = next(e for e in failed.all_events if e.is_step_failure).step_failure_data.error.message
@@ -208,6 +214,54 @@ def test_statement_timeout_fails_without_retries_and_small_batch_recovers(conn, 
     md = recovered.asset_materializations_for_node("chunk_embeddings")[0].metadata
     assert md["insert_statements"].value == -(-n // 5)
     assert fake_openai.seen.inputs == 2 * paid  # the failed write's vectors were never stored
+
+
+@pytest.fixture
+def slow_vector_index(conn: psycopg.Connection) -> Iterator[None]:
+    """Every vector row costs the server at least 4 ms (a row trigger sleeping in Postgres): a slow index,
+    deterministically, where a real one's latency depends on its size and the machine's load."""
+    conn.execute(
+        """CREATE FUNCTION embed_assets.slow_row() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN PERFORM pg_sleep(0.004); RETURN NEW; END $$"""
+    )
+    conn.execute(
+        "CREATE TRIGGER slow_row BEFORE INSERT ON embed_assets.chunk_vectors "
+        "FOR EACH ROW EXECUTE FUNCTION embed_assets.slow_row()"
+    )
+    try:
+        yield
+    finally:
+        conn.execute("DROP TRIGGER slow_row ON embed_assets.chunk_vectors")
+        conn.execute("DROP FUNCTION embed_assets.slow_row()")
+
+
+def test_a_long_recording_too_slow_for_the_normal_batch_succeeds_first_time_in_smaller_batches(
+    conn, instance, fake_openai, slow_vector_index
+) -> None:
+    control, rid = load(conn, instance, [short("control", 700), short("rec-long", 700, extra="other")])
+    # 100 rows take >= 0.4 s against a 0.2 s statement timeout: the normal batch times out, by construction.
+    config = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.2, "insert_batch_size": 100}}}}
+    off = {
+        "ops": {
+            "chunk_embeddings": {"config": {**config["ops"]["chunk_embeddings"]["config"], "adaptive_batches": False}}
+        }
+    }
+    assert not run(instance, control, off).success  # the control: without adapting, it fails
+
+    result = run(instance, rid, config)  # adaptive batches are the default
+    assert result.success
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": rid}))
+    assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS  # the first attempt, no failed run
+    md = result.asset_materializations_for_node("chunk_embeddings")[0].metadata
+    n = md["chunks"].value
+    assert n > 100 and md["vectors_written"].value == n
+    reason = md["adapted_recordings"].value[rid]
+    assert "statement timeout" in reason and "configured 100" in reason
+    assert md["insert_statements"].value > -(-n // 100)  # smaller statements than configured
+    assert (
+        conn.execute("SELECT count(*) FROM embed_assets.chunk_vectors WHERE recording_id = %s", (rid,)).fetchone()[0]
+        == n
+    )
 
 
 def test_a_three_hour_call_writes_under_a_30s_statement_timeout(conn, instance, fake_openai) -> None:

@@ -11,7 +11,7 @@ import pytest
 from embed_assets.defs.checks import chunk_integrity, completion_rate
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.health.status import DbStatus, Thresholds, verdict
-from embed_assets_tests.test_assets import load, run, short
+from embed_assets_tests.test_assets import check_result, load, run, short
 
 MODEL = "text-embedding-3-small@384"
 
@@ -28,7 +28,7 @@ def completion(instance: dg.DagsterInstance) -> dg.AssetCheckResult:
 
 
 def integrity() -> dg.AssetCheckResult:
-    return chunk_integrity(store=VectorStoreResource(), embedder=EmbedderResource())
+    return chunk_integrity(dg.build_asset_check_context(), store=VectorStoreResource(), embedder=EmbedderResource())
 
 
 def test_completion_rate_counts_match_the_database(conn, instance, fake_openai) -> None:
@@ -71,6 +71,18 @@ def test_chunk_integrity_passes_then_catches_each_corruption(conn, instance, fak
     conn.execute("DELETE FROM embed_assets.chunks WHERE chunk_index = 4")
     md = integrity().metadata
     assert md["chunk_count_mismatch"].value == 1
+
+
+def test_in_a_run_chunk_integrity_checks_the_runs_recordings_only(conn, instance, fake_openai) -> None:
+    ids = load(conn, instance, [short(f"r{i}", 20, extra=str(i)) for i in range(4)])
+    assert run(instance, ids[0]).success
+    conn.execute("DELETE FROM embed_assets.chunk_vectors WHERE recording_id = %s AND chunk_index = 1", (ids[0],))
+    tags = {"dagster/asset_partition_range_start": ids[1], "dagster/asset_partition_range_end": ids[3]}
+    assert run(instance, None, tags=tags).success  # r0's missing vector is not this run's doing
+    md = check_result(instance, "chunk_integrity").metadata
+    assert md["scope"].value == "3 recording(s) of this run" and md["embedded_recordings"].value == 3
+    whole = integrity()  # launched on its own: every recording, so r0 is caught
+    assert not whole.passed and whole.metadata["missing_vectors"].value == 1 and ids[0] in whole.description
 
 
 def test_coverage_gap_is_reported(conn, instance, fake_openai) -> None:

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from embed_assets.lib.embedders import LocalEmbedderConfig, OpenAIEmbedderConfig
 from embed_assets.lib.embedders.openai import pack_requests, redact
 from embed_assets.lib.errors import ConfigError, ProviderError, TransientProviderError
-from embed_assets_tests.support.openai_server import FakeOpenAI, Fault, vector_for
+from embed_assets_tests.support.openai_server import Budget, FakeOpenAI, Fault, vector_for
 
 
 def embedder(server: FakeOpenAI, key: str | None = None, **kw):
@@ -172,3 +172,21 @@ def test_local_model_gives_normalised_384_dim_vectors_with_meaning(local) -> Non
 def test_unknown_local_model_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a bundled local model"):
         LocalEmbedderConfig(model="bge-large").build()
+
+
+def test_rate_limit_waits_do_not_use_up_the_attempts() -> None:
+    with FakeOpenAI() as s:  # refused 5 times with a wait named; only 2 attempts allowed for real failures
+        s.fail_requests({1, 2, 3, 4, 5}, Fault(429, headers={"retry-after-ms": "10"}))
+        result = embedder(s, max_attempts=2).embed(*texts(3))
+    assert result.requests == 6 and result.rate_limited == 5 and s.seen.ok == 1
+
+
+def test_requests_are_paced_to_the_providers_reported_budget() -> None:
+    # 1,200,000 tokens/min with a 0.5 s bucket: 10,000 tokens at once, 20,000 more per second. 20 requests
+    # of ~2,800 tokens, 4 in flight: unpaced, most of them would be refused.
+    t = [("renewal pricing and the export bug " * 400) + str(i) for i in range(20)]
+    with FakeOpenAI(budget=Budget(tpm=1_200_000, burst_s=0.5)) as s:
+        emb = embedder(s, max_inputs_per_request=1, max_concurrency=4)
+        result = emb.embed(t, [2_800] * 20)
+    assert s.seen.ok == 20 and np.allclose(result.vectors[19], vector_for(t[19], 1536))
+    assert result.rate_limited == s.seen.rate_limited <= 5  # the first answers teach the pace; then none

@@ -17,7 +17,15 @@ from embed_assets.defs.schedules import retry_failed_recordings
 from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
 from embed_assets_tests.test_assets import counts, load, short
 
-TIGHT = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
+# A write that times out whatever the batch (1 ms), with adaptive batches off so it is the normal batch's
+# statement that fails, deterministically: what the retry schedule exists for.
+TIGHT = {
+    "ops": {
+        "chunk_embeddings": {
+            "config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000, "adaptive_batches": False}
+        }
+    }
+}
 RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
 
 

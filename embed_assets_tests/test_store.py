@@ -378,3 +378,47 @@ def test_unchanged_recording_is_not_chunked_again(conn: psycopg.Connection, monk
     upsert_transcript(conn, transcript("r1", variant="NEW"))  # another transcript: chunked again
     chunk_recording(conn, "r1", SPEC, ChunkParams(30, 6))
     assert len(calls) == 2
+
+
+def test_prefetching_the_next_window_writes_the_same_and_never_pays_twice(conn) -> None:
+    from embed_assets.lib.errors import TransientProviderError
+
+    for rid in ("w0", "w1"):  # identical turns, in different windows: the second is planned before w0 is written
+        upsert_transcript(conn, transcript(rid))
+        chunk_recording(conn, rid, SPEC, PARAMS)
+    _many(conn, ["w2", "w3"])
+    ids = ["w0", "w1", "w2", "w3"]
+    emb = HashEmbedder()
+    embed = RecordingEmbedder(
+        lambda: conn, emb, ids, window_inputs=1, insert_batch_size=50, statement_timeout_ms=30_000, prefetch=True
+    )
+    try:
+        stats = [embed(rid) for rid in ids]
+    finally:
+        embed.close()
+    assert stats[1].embedded == 0 and stats[1].cache_hits == stats[1].chunks  # w1's texts came from w0's window
+    assert len(emb.calls) == 3 and sum(emb.calls) == sum(s.embedded for s in stats)
+    for rid, s in zip(ids, stats, strict=True):
+        assert state(conn, rid) == (s.chunks,) * 3
+
+    class FailsSecond(HashEmbedder):  # the prefetched window's request fails: its head fails, not the others
+        asked = 0
+
+        def embed(self, texts, token_counts, progress=None):
+            self.asked += 1
+            if self.asked == 2:
+                raise TransientProviderError("503 from the provider after every attempt")
+            return super().embed(texts, token_counts, progress)
+
+    conn.execute("DELETE FROM embed_assets.chunk_vectors")
+    emb = FailsSecond()
+    embed = RecordingEmbedder(
+        lambda: conn, emb, ids[2:], window_inputs=1, insert_batch_size=50, statement_timeout_ms=30_000, prefetch=True
+    )
+    try:
+        assert embed("w2").vectors_written > 0
+        with pytest.raises(TransientProviderError):
+            embed("w3")
+    finally:
+        embed.close()
+    assert state(conn, "w3")[1] == 0 and state(conn, "w2")[1] > 0

@@ -25,7 +25,15 @@ from embed_assets_tests.support.dagster_dev import REPO, DagsterDev, alive, make
 from embed_assets_tests.support.receivers import HttpReceiver
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-TIGHT = {"ops": {"chunk_embeddings": {"config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000}}}}
+# A write that times out whatever the batch (1 ms), with adaptive batches off so it is the normal batch's
+# statement that fails, deterministically: what the retry schedule exists for.
+TIGHT = {
+    "ops": {
+        "chunk_embeddings": {
+            "config": {"statement_timeout_s": 0.001, "insert_batch_size": 1000, "adaptive_batches": False}
+        }
+    }
+}
 WAIT_MS = 90_000  # generous: the first GraphQL queries of a fresh webserver are slow on 2 cores
 
 

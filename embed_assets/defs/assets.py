@@ -12,6 +12,7 @@ import psycopg
 from embed_assets.defs.config import ChunkConfig, EmbedConfig
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.lib.embedders.base import LazyEmbedder
 from embed_assets.lib.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -20,12 +21,13 @@ from embed_assets.lib.errors import (
     TransientProviderError,
 )
 from embed_assets.lib.pipeline import ChunkStats, EmbedStats, RecordingEmbedder, chunk_recording
+from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.external import ExternalSource
 from embed_assets.lib.sources.formats import UNREADABLE, UnreadableSourceRow
 from embed_assets.lib.store import SourceChangedError, record_error
 
-# Many recordings per backfill run, so 1,000 recordings are 40 process launches, not 1,000.
-BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
+# Many recordings per backfill run, so 1,000 recordings are 10 process launches, not 1,000.
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=RECORDINGS_PER_RUN)
 GROUP = "embeddings"
 
 
@@ -223,15 +225,19 @@ def chunk_embeddings(
     config = config.effective()
     try:
         spec = embedder.spec()
-        client = embedder.build(
+    except ConfigError as e:
+        raise _fatal(str(e)) from None
+    # Built when a recording first needs the provider (a ConfigError then fails the step as fatal).
+    client = LazyEmbedder(
+        spec,
+        lambda: embedder.build(
             batch_size=config.embed_batch_size,
             max_concurrency=config.max_concurrency,
             request_timeout_s=config.request_timeout_s,
             max_attempts=config.max_attempts,
             backoff_base_s=config.backoff_base_s,
-        )
-    except ConfigError as e:
-        raise _fatal(str(e)) from None
+        ),
+    )
     db = _Connection(store)
     keys = context.partition_keys
     # The provider gets the pending chunks of several recordings per batch: enough to fill every request in
@@ -243,6 +249,8 @@ def chunk_embeddings(
         window_inputs=config.embed_batch_size * config.max_concurrency,
         insert_batch_size=config.insert_batch_size,
         statement_timeout_ms=int(config.statement_timeout_s * 1000),
+        adaptive_batches=config.adaptive_batches,
+        prefetch=True,
         log=context.log.info,
     )
     try:
@@ -255,6 +263,7 @@ def chunk_embeddings(
             on_error=_recorder(context, db, spec.model_id, "chunk_embeddings"),
         )
     finally:
+        recordings.close()
         db.close()
         client.close()
     provider = recordings.totals
@@ -267,12 +276,14 @@ def chunk_embeddings(
             "tokens": provider.tokens,
             "provider_requests": provider.requests,
             "provider_retries": provider.retries,
+            "provider_rate_limited": provider.rate_limited,
             "estimated_cost_usd": round(provider.cost_usd(spec), 6),
             "vectors_written": sum(s.vectors_written for s in stats),
             "vectors_deleted": sum(s.vectors_deleted for s in stats),
             "insert_statements": sum(s.insert_statements for s in stats),
             "embed_seconds": round(provider.seconds, 3),
             "write_seconds": round(sum(s.write_seconds for s in stats), 3),
+            "adapted_recordings": dg.MetadataValue.json({s.recording_id: s.adapted for s in stats if s.adapted}),
             "model": spec.model_id,
             "provider": spec.provider,
             "dimension": spec.dimension,

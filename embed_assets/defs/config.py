@@ -47,6 +47,12 @@ class EmbedConfig(dg.Config):
     max_concurrency: int = Field(4, description="Provider requests in flight at once, per run.")
     request_timeout_s: float = Field(60.0, description="Timeout of one provider request.")
     statement_timeout_s: float = Field(30.0, description="Postgres statement timeout of the vector write session.")
+    adaptive_batches: bool = Field(
+        True,
+        description="Write smaller insert batches (down to 5 rows) when the write latency measured in this step "
+        "predicts that insert_batch_size rows would take over a quarter of statement_timeout_s. Off: every "
+        "statement has insert_batch_size rows.",
+    )
     max_attempts: int = Field(6, description="Attempts per provider request on 429/5xx/timeouts.")
     backoff_base_s: float = Field(1.0, description="Base of the exponential backoff between provider attempts.")
     step_retries: int = Field(2, description="Re-runs of the step after transient failures (database, provider).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,8 +18,15 @@ from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.external import ExternalSource
 from embed_assets.lib.sources.registry import ORIGIN, clear_unreadable, origin_of, register, set_segment_count
 from embed_assets.lib.sources.tables import read_recording
-from embed_assets.lib.store import EmbeddingPlan, PendingChunk, plan_embeddings, write_chunk_plan, write_vectors
-from embed_assets.lib.tokenizers import token_counter
+from embed_assets.lib.store import (
+    BatchSizer,
+    EmbeddingPlan,
+    PendingChunk,
+    plan_embeddings,
+    write_chunk_plan,
+    write_vectors,
+)
+from embed_assets.lib.tokenizers import counter_name, token_counter
 
 
 @dataclass
@@ -47,7 +55,6 @@ def chunk_recording(
     """Chunk one recording from its current transcript: the project's tables, or (with ``source``) the user's
     own tables read in place, whose registry row is brought up to date first."""
     started = time.perf_counter()
-    counter = token_counter(spec.tokenizer)
     fetched = None
     if source is not None and source_conn is not None and origin_of(conn, recording_id) == ORIGIN:
         fetched = source.fetch(source_conn(), recording_id)
@@ -57,9 +64,10 @@ def chunk_recording(
                 "removes its partition and vectors"
             )
         register(conn, [fetched.meta])  # the source may have changed since the sensor saw it
-    chunker = params.describe(counter.name)
+    chunker = params.describe(counter_name(spec.tokenizer))
     # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
-    # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording.
+    # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording, and
+    # loading the tokenizer (~0.3 s per process) most of the cost of a run where nothing changed.
     done = conn.execute(
         q(
             conn,
@@ -92,7 +100,7 @@ def chunk_recording(
                 "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
             )
         segments, content_hash = own.segments, own.content_hash
-    chunks = chunk_segments(segments, params, counter)
+    chunks = chunk_segments(segments, params, token_counter(spec.tokenizer))
     written = write_chunk_plan(conn, recording_id, spec.model_id, content_hash, chunker, chunks)
     return ChunkStats(
         recording_id,
@@ -120,6 +128,7 @@ class EmbedStats:
     vectors_deleted: int = 0
     insert_statements: int = 0
     write_seconds: float = 0.0
+    adapted: str = ""  # why this recording was written in smaller insert batches than configured
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -133,6 +142,7 @@ class ProviderTotals:
     tokens: int = 0
     requests: int = 0
     retries: int = 0
+    rate_limited: int = 0
     seconds: float = 0.0
 
     def cost_usd(self, spec: ModelSpec) -> float:
@@ -143,6 +153,7 @@ class ProviderTotals:
         self.tokens += result.tokens
         self.requests += result.requests
         self.retries += result.retries
+        self.rate_limited += result.rate_limited
         self.seconds += result.seconds
 
 
@@ -166,7 +177,13 @@ class RecordingEmbedder:
     recording starts a new window (nothing was paid for a failed request); a write failure loses only that
     recording, the others of the window are still written with the vectors already paid for. The write
     re-checks each plan under the recording's lock (write_vectors), so planning ahead cannot write stale
-    vectors. The same text twice in a window is sent once."""
+    vectors. The same text twice in a window is sent once.
+
+    With ``prefetch``, the next window is planned as soon as one is embedded and sent to the provider on a
+    thread of its own while this one's recordings are written, so the provider waits for no write and no
+    write for the provider (the seed bench's provider budget is then used without gaps). Its texts already
+    embedded in the window before it are taken from there, not sent again (those vectors are not in the
+    table yet when it is planned)."""
 
     def __init__(
         self,
@@ -177,15 +194,28 @@ class RecordingEmbedder:
         window_inputs: int,
         insert_batch_size: int,
         statement_timeout_ms: int,
+        adaptive_batches: bool = False,
+        prefetch: bool = False,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._conn, self._embedder, self._keys = conn, embedder, list(keys)
+        self._sizer = BatchSizer(floor=min(5, insert_batch_size)) if adaptive_batches else None
         self._position = {k: i for i, k in enumerate(self._keys)}
         self._window_inputs = max(1, window_inputs)
         self._insert_batch_size, self._statement_timeout_ms = insert_batch_size, statement_timeout_ms
         self._log = log
         self._ready: dict[str, _Planned] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
+        self._next: tuple[str, list[_Planned], Future[None]] | None = None  # head key, window, its embedding
         self.totals = ProviderTotals()
+
+    def close(self) -> None:
+        """Stop prefetching: a window not started is cancelled, one in flight is waited for."""
+        if self._pool is not None:
+            if self._next is not None:
+                self._next[2].cancel()
+                self._next = None
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __call__(self, recording_id: str) -> EmbedStats:
         if recording_id not in self._ready:
@@ -197,10 +227,13 @@ class RecordingEmbedder:
             planned.vectors,
             insert_batch_size=self._insert_batch_size,
             statement_timeout_ms=self._statement_timeout_ms,
+            sizer=self._sizer,
         )
         stats = planned.stats
         stats.vectors_written, stats.vectors_deleted = w.written, w.deleted
-        stats.insert_statements, stats.write_seconds = w.statements, w.seconds
+        stats.insert_statements, stats.write_seconds, stats.adapted = w.statements, w.seconds, w.adapted
+        if w.adapted:
+            self._log(f"{recording_id}: smaller insert batches to stay under the statement timeout: {w.adapted}")
         return stats
 
     def _plan(self, recording_id: str) -> _Planned:
@@ -211,6 +244,43 @@ class RecordingEmbedder:
 
     def _fill(self, recording_id: str) -> None:
         self._ready.clear()  # a window serves the calls that follow it in order; a skipped one is planned again
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == recording_id:
+            window = ahead[1]
+            ahead[2].result()  # its provider error is this recording's, as if embedded on its own call
+        else:
+            if ahead is not None:
+                ahead[2].cancel()
+                wait([ahead[2]])
+            window = self._window(recording_id)
+            self._embed(window)
+        self._ready = {p.plan.recording_id: p for p in window}
+        if self._pool is not None:
+            self._prefetch_after(window)
+
+    def _prefetch_after(self, window: list[_Planned]) -> None:
+        position = self._position.get(window[-1].plan.recording_id)
+        if position is None or position + 1 >= len(self._keys):
+            return
+        head = self._keys[position + 1]
+        try:
+            ahead = self._window(head)
+        except (EmbedAssetsError, psycopg.Error):
+            return  # the head fails (or succeeds) on its own turn, planned again then
+        known = {h: v for p in window for h, v in p.vectors.values()}
+        for p in ahead:
+            keep = []
+            for c in p.plan.to_embed:
+                if c.content_hash in known:
+                    p.vectors[c.chunk_index] = (c.content_hash, known[c.content_hash])
+                    p.stats.cache_hits += 1
+                else:
+                    keep.append(c)
+            p.plan.to_embed = keep
+        assert self._pool is not None
+        self._next = (head, ahead, self._pool.submit(self._embed, ahead))
+
+    def _window(self, recording_id: str) -> list[_Planned]:
         window = [self._plan(recording_id)]  # the caller's own recording: its errors are its own
         pending = len(window[0].plan.to_embed)
         for key in self._keys[self._position.get(recording_id, len(self._keys)) + 1 :]:
@@ -221,8 +291,7 @@ class RecordingEmbedder:
             except (EmbedAssetsError, psycopg.Error):
                 break  # this recording fails (or succeeds) on its own turn
             pending += len(window[-1].plan.to_embed)
-        self._embed(window)
-        self._ready = {p.plan.recording_id: p for p in window}
+        return window
 
     def _embed(self, window: list[_Planned]) -> None:
         first: dict[str, PendingChunk] = {}  # content hash -> the chunk that carries it to the provider
@@ -250,7 +319,7 @@ class RecordingEmbedder:
         result = self._embedder.embed([c.content for c in chunks], [c.token_count for c in chunks], progress)
         by_hash = {c.content_hash: result.vectors[i] for i, c in enumerate(chunks)}
         for p in window:
-            p.vectors = {c.chunk_index: (c.content_hash, by_hash[c.content_hash]) for c in p.plan.to_embed}
+            p.vectors.update({c.chunk_index: (c.content_hash, by_hash[c.content_hash]) for c in p.plan.to_embed})
         self.totals.add(total, result)
 
 

@@ -13,6 +13,11 @@ D = TypeVar("D")
 Provider = Literal["local", "openai"]
 PROVIDERS: tuple[str, ...] = ("local", "openai")
 DEFAULT_MODELS: dict[str, str] = {"local": "all-MiniLM-L6-v2", "openai": "text-embedding-3-small"}
+# Recordings per backfill run (BackfillPolicy.multi_run) and per `embed-assets embed` run. Each run is a
+# process launch and, inside its steps, a cold start (imports, tokenizer, connections) and three checks: at
+# 25 these per-run costs were most of a short call's time (`make bench`, e2e); each recording is still
+# committed on its own.
+RECORDINGS_PER_RUN = 100
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.db.connection import vector_database_url
-from embed_assets_tests.bench import e2e, providers, retrieval, scale, search, sources, ui_scale, write_path
+from embed_assets_tests.bench import e2e, providers, retrieval, scale, search, seed, sources, ui_scale, write_path
 from embed_assets_tests.bench.report import Report
 
 
@@ -38,12 +38,19 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, measures nothing")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
     parser.add_argument(
-        "--only", default="providers,write,search,retrieval,scale,e2e,ui,sources", help="comma-separated figure groups"
+        "--only",
+        default="providers,write,search,retrieval,scale,e2e,seed,ui,sources",
+        help="comma-separated figure groups",
     )
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--recordings", type=int, default=200, help="recordings in the end-to-end backfill")
     parser.add_argument("--source-calls", type=int, default=7_000, help="calls in the user-tables source figures")
+    parser.add_argument(
+        "--seed-sizes",
+        default="150,300",
+        help="recordings of the two seed backfills the full seed is extrapolated from",
+    )
     parser.add_argument("--partitions", default="10000,100000", help="partition counts of the UI scale figures")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
     args = parser.parse_args(argv)
@@ -68,6 +75,10 @@ def main(argv: list[str] | None = None) -> Report:
             retrieval.dev_set_quality(report, progress)
     if "e2e" in only:
         e2e.backfill(url, 4 if args.quick else args.recordings, report, progress)
+    if "seed" in only:
+        seed.backfill_at_budget(
+            url, [3, 6] if args.quick else [int(x) for x in args.seed_sizes.split(",")], report, progress
+        )
     if "ui" in only:
         for n in (500,) if args.quick else [int(x) for x in args.partitions.split(",")]:
             ui_scale.partition_scale(url, n, report, progress)

@@ -39,19 +39,70 @@ class Fault:
 
 
 @dataclass
+class Budget:
+    """A provider's rate limits as OpenAI applies them: requests and tokens per minute, replenished
+    continuously, with a bucket of ``burst_s`` seconds of budget. A request over either budget is answered
+    429 at once with Retry-After (seconds) and retry-after-ms; every answer carries the x-ratelimit headers.
+    Answered requests take ``latency_s`` (a real endpoint's round trip and compute)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    burst_s: float = 6.0
+    latency_s: float = 0.0
+
+
+class _Buckets:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.tokens = (budget.tpm or 0) / 60 * budget.burst_s
+        self.requests = max(1.0, (budget.rpm or 0) / 60 * budget.burst_s)
+        self.at = time.monotonic()
+
+    def admit(self, tokens: int) -> tuple[float, dict[str, str]]:
+        """Seconds to wait before this request would fit (0: admitted and charged), and the headers."""
+        b, now = self.budget, time.monotonic()
+        t_rate, r_rate = (b.tpm or 0) / 60, (b.rpm or 0) / 60
+        if t_rate:
+            self.tokens = min(t_rate * b.burst_s, self.tokens + (now - self.at) * t_rate)
+        if r_rate:
+            self.requests = min(max(1.0, r_rate * b.burst_s), self.requests + (now - self.at) * r_rate)
+        self.at = now
+        wait = 0.0
+        if t_rate and tokens > self.tokens:
+            wait = (tokens - self.tokens) / t_rate
+        if r_rate and self.requests < 1:
+            wait = max(wait, (1 - self.requests) / r_rate)
+        if not wait:
+            self.tokens -= tokens if t_rate else 0
+            self.requests -= 1 if r_rate else 0
+        headers = {}
+        if t_rate:
+            headers["x-ratelimit-limit-tokens"] = str(b.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, int(self.tokens)))
+        if r_rate:
+            headers["x-ratelimit-limit-requests"] = str(b.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, int(self.requests)))
+        return wait, headers
+
+
+@dataclass
 class Seen:
     requests: int = 0
     ok: int = 0
     inputs: int = 0
     tokens: int = 0
+    rate_limited: int = 0  # 429s answered because a request was over the budget
     batch_sizes: list[int] = field(default_factory=list)
     batch_tokens: list[int] = field(default_factory=list)
     auth_headers: set[str] = field(default_factory=set)
 
 
 class FakeOpenAI:
-    def __init__(self, api_key: str = "sk-test-0123456789abcdef", default_dim: int = 1536) -> None:
+    def __init__(
+        self, api_key: str = "sk-test-0123456789abcdef", default_dim: int = 1536, budget: Budget | None = None
+    ) -> None:
         self.api_key = api_key
+        self._buckets = _Buckets(budget) if budget else None
         self.default_dim = default_dim
         self.seen = Seen()
         self.fault: Callable[[int], Fault | None] = lambda n: None  # request number (1-based) -> fault
@@ -137,6 +188,29 @@ class FakeOpenAI:
         inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
         dim = (fault.dimension if fault and fault.dimension else None) or payload.get("dimensions") or self.default_dim
         tokens = sum(self._counter.count_many(inputs))
+        limit_headers: dict[str, str] = {}
+        if self._buckets is not None:
+            with self._lock:
+                wait, limit_headers = self._buckets.admit(tokens)
+                if wait:
+                    self.seen.rate_limited += 1
+            if wait:
+                body = {
+                    "error": {
+                        "message": f"Rate limit reached for {payload.get('model')}: requested {tokens} tokens. "
+                        f"Please try again in {wait:.3f}s.",
+                        "type": "tokens",
+                        "code": "rate_limit_exceeded",
+                    }
+                }
+                headers = {
+                    **limit_headers,
+                    "retry-after": str(max(1, round(wait))),
+                    "retry-after-ms": str(int(wait * 1000) + 1),
+                }
+                return self._send(h, 429, json.dumps(body).encode(), headers)
+            if self._buckets.budget.latency_s:
+                time.sleep(self._buckets.budget.latency_s)
         with self._lock:
             self.seen.ok += 1
             self.seen.inputs += len(inputs)
@@ -157,4 +231,4 @@ class FakeOpenAI:
             "model": payload.get("model"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return self._send(h, 200, json.dumps(body).encode(), {})
+        return self._send(h, 200, json.dumps(body).encode(), limit_headers)

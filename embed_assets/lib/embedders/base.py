@@ -21,6 +21,8 @@ class EmbedResult:
     tokens: int = 0  # input tokens as billed (usage.prompt_tokens when the provider reports it)
     seconds: float = 0.0
     backoff_s: float = 0.0  # time spent waiting between retries (Retry-After or backoff)
+    rate_limited: int = 0  # 429s with a wait (flow control: they do not use up the request's attempts)
+    paced_s: float = 0.0  # time requests waited for the provider's reported budget before being sent
 
 
 class Embedder(Protocol):
@@ -39,3 +41,23 @@ def texts_function(embedder: Embedder) -> Callable[[list[str]], np.ndarray]:
 
     counter = token_counter(embedder.spec.tokenizer)
     return lambda texts: embedder.embed(texts, counter.count_many(texts)).vectors
+
+
+class LazyEmbedder:
+    """An embedder built on its first ``embed`` call: a step whose recordings are all unchanged sends
+    nothing, so it need not import the provider's client (~0.5 s per run process for `openai`) or load a
+    model. Building errors (a missing key) surface on that first call, as the step's failure."""
+
+    def __init__(self, spec: ModelSpec, build: Callable[[], Embedder]) -> None:
+        self.spec = spec
+        self._build = build
+        self._embedder: Embedder | None = None
+
+    def embed(self, texts: list[str], token_counts: list[int], progress: Progress | None = None) -> EmbedResult:
+        if self._embedder is None:
+            self._embedder = self._build()
+        return self._embedder.embed(texts, token_counts, progress)
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()

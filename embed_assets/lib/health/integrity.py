@@ -3,9 +3,11 @@ user can run: a chunk without its vector, a vector without its chunk, zero vecto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import psycopg
+from psycopg import sql
 
 from embed_assets.lib.db.names import q
 
@@ -34,12 +36,20 @@ class Integrity:
         return asdict(self)
 
 
-def check_integrity(conn: psycopg.Connection, model_id: str) -> Integrity:
-    p = {"m": model_id}
+def check_integrity(conn: psycopg.Connection, model_id: str, recording_ids: Sequence[str] | None = None) -> Integrity:
+    """Every recording, or only ``recording_ids`` (the recordings a run wrote: each query then probes their
+    rows by index instead of scanning every table, which grows with the corpus and ran once per run)."""
+    p = {"m": model_id, "ids": list(recording_ids or [])}
+
+    def only(alias: str) -> sql.Composable:
+        if recording_ids is None:
+            return sql.SQL("")
+        return sql.SQL("AND {}.recording_id = ANY(%(ids)s)").format(sql.Identifier(alias))
+
     current = """SELECT e.recording_id FROM {s}.embedded_recordings e
                  JOIN {s}.chunk_plans cp ON cp.recording_id = e.recording_id AND cp.model = e.model
-                 WHERE e.model = %(m)s AND e.source_hash = cp.source_hash"""
-    cur = q(conn, current)
+                 WHERE e.model = %(m)s AND e.source_hash = cp.source_hash {only}"""
+    cur = q(conn, current, only=only("e"))
     embedded = conn.execute(q(conn, "SELECT count(*) FROM ({current}) x", current=cur), p).fetchone()[0]
     missing = conn.execute(
         q(
@@ -58,20 +68,29 @@ def check_integrity(conn: psycopg.Connection, model_id: str) -> Integrity:
             """SELECT v.recording_id FROM {s}.chunk_vectors v
            LEFT JOIN {s}.chunks c ON c.recording_id = v.recording_id AND c.model = v.model
                 AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash
-           WHERE v.model = %(m)s AND c.recording_id IS NULL""",
+           WHERE v.model = %(m)s AND c.recording_id IS NULL {only}""",
+            only=only("v"),
         ),
         p,
     ).fetchall()
     zero = conn.execute(
-        q(conn, "SELECT recording_id FROM {s}.chunk_vectors WHERE model = %(m)s AND {v}.vector_norm(embedding) = 0"), p
+        q(
+            conn,
+            "SELECT recording_id FROM {s}.chunk_vectors v "
+            "WHERE model = %(m)s AND {v}.vector_norm(embedding) = 0 {only}",
+            only=only("v"),
+        ),
+        p,
     ).fetchall()
     mismatch = conn.execute(
         q(
             conn,
             """SELECT cp.recording_id FROM {s}.chunk_plans cp
-           LEFT JOIN (SELECT recording_id, count(*) AS n FROM {s}.chunks WHERE model = %(m)s GROUP BY 1) c
+           LEFT JOIN (SELECT recording_id, count(*) AS n FROM {s}.chunks c WHERE model = %(m)s {only_c} GROUP BY 1) c
                   ON c.recording_id = cp.recording_id
-           WHERE cp.model = %(m)s AND coalesce(c.n, 0) <> cp.chunk_count""",
+           WHERE cp.model = %(m)s AND coalesce(c.n, 0) <> cp.chunk_count {only}""",
+            only=only("cp"),
+            only_c=only("c"),
         ),
         p,
     ).fetchall()
@@ -88,7 +107,8 @@ def check_integrity(conn: psycopg.Connection, model_id: str) -> Integrity:
             """WITH cur AS (
                SELECT r.recording_id FROM {s}.recordings r
                JOIN {s}.chunk_plans cp ON cp.recording_id = r.recording_id AND cp.model = %(m)s
-                                   AND cp.source_hash = r.content_hash),
+                                   AND cp.source_hash = r.content_hash
+               WHERE true {only}),
            spans AS (
                SELECT c.recording_id, c.first_seq, c.last_seq,
                       coalesce(max(c.last_seq) OVER (PARTITION BY c.recording_id ORDER BY c.first_seq, c.last_seq
@@ -109,6 +129,7 @@ def check_integrity(conn: psycopg.Connection, model_id: str) -> Integrity:
            UNION
            SELECT e.recording_id FROM ends e
            WHERE (SELECT max(s.seq) FROM {s}.transcript_segments s WHERE s.recording_id = e.recording_id) > e.reach""",
+            only=only("r"),
         ),
         p,
     ).fetchall()
