@@ -156,7 +156,8 @@ def plan_embeddings(conn: psycopg.Connection, recording_id: str, model_id: str) 
         q(
             conn,
             """SELECT p.source_hash, p.chunked_at,
-                  (SELECT count(*) FROM {s}.chunk_vectors v WHERE v.recording_id = p.recording_id AND v.model = p.model),
+                  (SELECT count(*) FROM {s}.chunk_vectors v
+                   WHERE v.recording_id = p.recording_id AND v.model = p.model),
                   x.error
                FROM {s}.recordings r
                LEFT JOIN {s}.chunk_plans p ON p.recording_id = r.recording_id AND p.model = %(m)s
