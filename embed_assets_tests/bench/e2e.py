@@ -27,13 +27,29 @@ from embed_assets.lib.sample import sample_transcripts
 from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.tokenizers import token_counter
-from embed_assets_tests.bench.report import Figure, Report
+from embed_assets_tests.bench.report import Figure, Report, environment
 from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
 from embed_assets_tests.support.openai_server import FakeOpenAI
 
 MODEL = "text-embedding-3-small"
 LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
+
+
+def launch_backfill(dev, keys: list[str]) -> str:
+    """A backfill of both assets over ``keys``, launched as the UI's button does; its id."""
+    data = dev.graphql(
+        LAUNCH,
+        {
+            "p": {
+                "assetSelection": [{"path": ["transcript_chunks"]}, {"path": ["chunk_embeddings"]}],
+                "partitionNames": keys,
+            }
+        },
+    )["launchPartitionBackfill"]
+    if data["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"backfill not launched: {data}")
+    return data["backfillId"]
 
 
 def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> tuple[dict[str, float], int]:
@@ -95,9 +111,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             "EMBED_SENSOR_MAX_RUNS": "0",  # the sensor registers partitions only: this measures the backfill
             "EMBED_RETRY_CRON": "0 3 1 1 *",
         }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with environment(**env):
             home = make_home(Path(tmp) / "dagster_home")
             instance = dg.DagsterInstance.from_config(str(home))
             instance.add_dynamic_partitions("recordings", keys)
@@ -105,18 +119,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
             with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev, sampler:
                 requests_before = server.seen.ok
                 launched = time.time()
-                data = dev.graphql(
-                    LAUNCH,
-                    {
-                        "p": {
-                            "assetSelection": [{"path": ["transcript_chunks"]}, {"path": ["chunk_embeddings"]}],
-                            "partitionNames": keys,
-                        }
-                    },
-                )["launchPartitionBackfill"]
-                if data["__typename"] != "LaunchBackfillSuccess":
-                    raise RuntimeError(f"backfill not launched: {data}")
-                backfill_id = data["backfillId"]
+                backfill_id = launch_backfill(dev, keys)
                 _wait(instance, backfill_id, progress)
             _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, report)
             runs = len(instance.get_run_ids())
@@ -210,9 +213,6 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                     "per-partition cost of Dagster (events, process, checks) plus the diff queries",
                 )
             )
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 class ConnectionSampler:

@@ -12,7 +12,6 @@ recording at the larger size x 7,000)."""
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 import time
@@ -22,8 +21,8 @@ import dagster as dg
 
 from embed_assets.lib.sample import make_transcript
 from embed_assets.lib.transcripts import Transcript
-from embed_assets_tests.bench.e2e import LAUNCH, MODEL, _by_kind, _fresh_store, _in_steps, _runs, _wait
-from embed_assets_tests.bench.report import Figure, Report
+from embed_assets_tests.bench.e2e import MODEL, _by_kind, _fresh_store, _in_steps, _runs, _wait, launch_backfill
+from embed_assets_tests.bench.report import Figure, Report, environment
 from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
 from embed_assets_tests.support.openai_server import Budget, FakeOpenAI
 
@@ -67,35 +66,20 @@ def backfill_at_budget(url: str, sizes: list[int], report: Report, progress) -> 
                 "EMBED_SENSOR_MAX_RUNS": "0",
                 "EMBED_RETRY_CRON": "0 3 1 1 *",
             }
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
+            with environment(**env):
                 home = make_home(Path(tmp) / "dagster_home")
                 instance = dg.DagsterInstance.from_config(str(home))
                 instance.add_dynamic_partitions("recordings", keys)
                 with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev:
                     launched = time.time()
-                    data = dev.graphql(
-                        LAUNCH,
-                        {
-                            "p": {
-                                "assetSelection": [{"path": ["transcript_chunks"]}, {"path": ["chunk_embeddings"]}],
-                                "partitionNames": keys,
-                            }
-                        },
-                    )["launchPartitionBackfill"]
-                    if data["__typename"] != "LaunchBackfillSuccess":
-                        raise RuntimeError(f"backfill not launched: {data}")
-                    _wait(instance, data["backfillId"], progress, timeout_s=7200)
-                runs = _runs(instance, data["backfillId"])
+                    backfill_id = launch_backfill(dev, keys)
+                    _wait(instance, backfill_id, progress, timeout_s=7200)
+                runs = _runs(instance, backfill_id)
                 failed = [r.dagster_run.run_id for r in runs if r.dagster_run.status.value != "SUCCESS"]
                 if failed:
                     raise RuntimeError(f"{len(failed)} seed backfill run(s) did not succeed: {failed}")
                 kinds = _in_steps(instance, [r.dagster_run.run_id for r in runs])
                 instance.dispose()
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
             end = max(r.end_time for r in runs)
             wall = end - launched
             after_pickup = end - min(r.create_timestamp.timestamp() for r in runs)

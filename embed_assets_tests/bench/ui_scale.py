@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from embed_assets.lib.db.migrations import migrate
-from embed_assets_tests.bench.report import Figure, Report
+from embed_assets_tests.bench.report import Figure, Report, environment
 from embed_assets_tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
 
@@ -85,9 +85,7 @@ def partition_scale(url: str, n: int, report: Report, progress, reps: int = 3) -
             "EMBED_SENSOR_MAX_RUNS": "0",
             "EMBED_RETRY_CRON": "0 3 1 1 *",
         }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with environment(**env):
             home = make_home(Path(tmp) / "dagster_home")
             _populate(url, home, n, progress)
             with DagsterDev(home, env, Path(tmp) / "dagster-dev.log", progress) as dev:
@@ -120,9 +118,6 @@ def partition_scale(url: str, n: int, report: Report, progress, reps: int = 3) -
                             note="navigation -> status counts visible, headless Chromium",
                         )
                     )
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _page_load(base: str, reps: int, shot: Path, materialized: int) -> float:

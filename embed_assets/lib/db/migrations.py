@@ -235,6 +235,11 @@ def _search(conn: psycopg.Connection, dim: int) -> None:
 
 
 def _sources(conn: psycopg.Connection, dim: int) -> None:
+    from embed_assets.lib.indexes import current_strategy
+    from embed_assets.lib.search.function import refresh_search_function
+
+    # embed_search keeps every word on a store under 10,000 chunks (lib/search/function.py COMMON_MIN_CHUNKS).
+    refresh_search_function(conn, vector_dimension(conn) or dim, current_strategy(conn))
     # A source row that cannot be read (lib/sources/formats.py) fails its recording like any error; flagged so
     # `status` and the checks can count unreadable rows apart from other failures.
     _x(conn, "ALTER TABLE {s}.recording_errors ADD COLUMN unreadable boolean NOT NULL DEFAULT false")

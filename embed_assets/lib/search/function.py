@@ -34,6 +34,9 @@ TEXT_RANK_NORMALIZATION = 1  # ts_rank divided by 1 + log(length): long chunks d
 # (100,000 chunks: ~0.5 s) and tells little; rare words, names and codes stay. Within one recording (a few
 # hundred chunks) every word counts, as tuned.
 COMMON_SHARE = 0.02
+# ... once the store is large enough for it to matter (the planner's row estimate of `chunks`): on a small one
+# every word is in more than 2% of the chunks, dropping them would leave nothing to search, and scanning is cheap.
+COMMON_MIN_CHUNKS = 10_000
 RERANK_CANDIDATES = 200  # coarse candidates of a quantized index, re-ranked by exact cosine
 
 # A named row type, not RETURNS TABLE: its columns would be OUT parameters, and `recording_id` is both an
@@ -64,7 +67,9 @@ BEGIN
     ELSIF coalesce(btrim(query_text), '') <> '' THEN
         tsq := (SELECT string_agg(quote_literal(l.lex), ' | ')::tsquery
                 FROM unnest(tsvector_to_array(to_tsvector('TEXT_CONFIG', query_text))) AS l(lex)
-                WHERE coalesce((SELECT u.f FROM pg_catalog.pg_stats st,
+                WHERE (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.relname = 'chunks'
+                       AND c.relnamespace = {schema_literal}::regnamespace) < COMMON_MIN_CHUNKS
+                   OR coalesce((SELECT u.f FROM pg_catalog.pg_stats st,
                                        unnest(st.most_common_elems::text::text[], st.most_common_elem_freqs) AS u(e, f)
                                 WHERE st.schemaname = {schema_literal} AND st.tablename = 'chunks'
                                   AND st.attname = 'fts' AND u.e = l.lex), 0) <= COMMON_SHARE);
@@ -133,6 +138,7 @@ def search_function_ddl(conn: psycopg.Connection, dim: int, index: IndexStrategy
         .replace("RRF_K", str(int(RRF_K)))
         .replace("NORM", str(int(TEXT_RANK_NORMALIZATION)))
         .replace("COMMON_SHARE", repr(float(COMMON_SHARE)))
+        .replace("COMMON_MIN_CHUNKS", str(int(COMMON_MIN_CHUNKS)))
     )
     return q(conn, body, schema_literal=sql.Literal(names(conn).schema))
 
