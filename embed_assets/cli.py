@@ -338,15 +338,8 @@ def _query_embedder():
     for k, v in QUIET_ENV.items():  # the model's "Loading weights" bar is noise in search output
         os.environ.setdefault(k, v)
     emb = EmbedderResource()
-    spec = emb.spec()
-    built: list = []
-
-    def embed(texts: list[str]):
-        if not built:  # the client (and a local model) only when a query needs embedding: text mode needs none
-            built.append(emb.texts_embedder())
-        return list(built[0](texts))
-
-    return spec, embed
+    embed = emb.texts_embedder()  # the client (and a local model) only when a query needs embedding
+    return emb.spec(), lambda texts: list(embed(texts))
 
 
 def _check_active(conn, model_id: str) -> None:
@@ -470,7 +463,7 @@ def check(
         for w in report.warnings:
             err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
         for p in report.problems:
-            err.print(f"[red]problem:[/red] {p}", highlight=False)
+            err.print(f"[red]problem:[/red] {escape(p)}", highlight=False)
         out.print("ok: runs can work" if report.ok else f"{len(report.problems)} problem(s)", highlight=False)
     if not report.ok:
         raise typer.Exit(1)

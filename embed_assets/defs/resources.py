@@ -12,7 +12,7 @@ from pydantic import PrivateAttr, SecretStr
 from embed_assets.lib.db.connection import connect, vector_database_url
 from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
-from embed_assets.lib.embedders.base import texts_function
+from embed_assets.lib.embedders.base import LazyEmbedder, texts_function
 from embed_assets.lib.models import ModelSpec, resolve_model
 from embed_assets.lib.settings import DEFAULT_MODELS, load_settings
 from embed_assets.lib.sources.definition import configured_definition
@@ -65,10 +65,15 @@ class EmbedderResource(dg.ConfigurableResource):
         return bool(os.environ.get("OPENAI_API_KEY", "").strip())
 
     def texts_embedder(self) -> Callable[[list[str]], np.ndarray]:
-        """A function embedding a few texts (search queries, `adopt`'s verification sample) with this model,
-        on a client with short timeouts that lives as long as the process."""
+        """A function embedding a few texts (search queries, `adopt`'s verification sample) with this model, on
+        a client with short timeouts built on the first call (a text-only search builds none) and kept after."""
         return texts_function(
-            self.build(batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1)
+            LazyEmbedder(
+                self.spec(),
+                lambda: self.build(
+                    batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1
+                ),
+            )
         )
 
     def build(

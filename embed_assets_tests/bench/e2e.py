@@ -36,6 +36,21 @@ LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfi
   __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
 
 
+def backfill_env(url: str, dagster_url: str, home: str, server: FakeOpenAI) -> dict[str, str]:
+    """The environment of a `dagster dev` whose runs embed through the loopback ``server``."""
+    return {
+        "EMBED_DATABASE_URL": url,
+        "EMBED_DAGSTER_DATABASE_URL": dagster_url,
+        "EMBED_HOME": home,
+        "EMBED_PROVIDER": "openai",
+        "EMBED_MODEL": MODEL,
+        "OPENAI_API_KEY": server.api_key,
+        "OPENAI_BASE_URL": server.base_url,
+        "EMBED_SENSOR_MAX_RUNS": "0",  # the sensor registers partitions only: this measures the backfill
+        "EMBED_RETRY_CRON": "0 3 1 1 *",
+    }
+
+
 def launch_backfill(dev, keys: list[str]) -> str:
     """A backfill of both assets over ``keys``, launched as the UI's button does; its id."""
     data = dev.graphql(
@@ -100,17 +115,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
         progress(
             f"floors over {n} recordings, {n_chunks:,} chunks: " + ", ".join(f"{k} {v:.2f}s" for k, v in floor.items())
         )
-        env = {
-            "EMBED_DATABASE_URL": url,
-            "EMBED_DAGSTER_DATABASE_URL": dagster_url,
-            "EMBED_HOME": tmp,
-            "EMBED_PROVIDER": "openai",
-            "EMBED_MODEL": MODEL,
-            "OPENAI_API_KEY": server.api_key,
-            "OPENAI_BASE_URL": server.base_url,
-            "EMBED_SENSOR_MAX_RUNS": "0",  # the sensor registers partitions only: this measures the backfill
-            "EMBED_RETRY_CRON": "0 3 1 1 *",
-        }
+        env = backfill_env(url, dagster_url, tmp, server)
         with environment(**env):
             home = make_home(Path(tmp) / "dagster_home")
             instance = dg.DagsterInstance.from_config(str(home))

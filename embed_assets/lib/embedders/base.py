@@ -39,8 +39,8 @@ def texts_function(embedder: Embedder) -> Callable[[list[str]], np.ndarray]:
     """``texts -> vectors`` with exact token counts: for queries and verification samples, not bulk work."""
     from embed_assets.lib.tokenizers import token_counter
 
-    counter = token_counter(embedder.spec.tokenizer)
-    return lambda texts: embedder.embed(texts, counter.count_many(texts)).vectors
+    # The tokenizer loads on the first call (its files are cached per process): a text-only search needs none.
+    return lambda texts: embedder.embed(texts, token_counter(embedder.spec.tokenizer).count_many(texts)).vectors
 
 
 class LazyEmbedder:

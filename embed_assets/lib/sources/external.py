@@ -19,8 +19,8 @@ from psycopg import sql
 from embed_assets.lib.db.connection import connect, first_line, redact_url
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.sources.definition import SourceDefinition
-from embed_assets.lib.sources.formats import segments_from_rows, segments_from_value
-from embed_assets.lib.transcripts import Segment, validate_recording_id
+from embed_assets.lib.sources.formats import segments_from_rows, segments_from_value, unreadable
+from embed_assets.lib.transcripts import Segment
 
 BATCH = 1000  # ids per hash/metadata query
 
@@ -32,7 +32,7 @@ _ROWS_HASH = """encode(sha256(convert_to(string_agg(concat_ws(chr(31), src.seq, 
 
 
 @dataclass(frozen=True)
-class SourceRecording:
+class SourceRow:
     """One recording's row in the source: what the registry keeps (lib/sources/registry.py)."""
 
     recording_id: str
@@ -44,7 +44,7 @@ class SourceRecording:
 
 @dataclass(frozen=True)
 class FetchedRecording:
-    meta: SourceRecording
+    meta: SourceRow
     value: Any  # the transcript value, or the list of turn rows
 
 
@@ -54,6 +54,7 @@ class ExternalSource:
         self._url = definition.database_url or store_url
         self.same_database = definition.database_url is None
         self._columns: set[str] | None = None
+        self._turn_times: dict[str, bool] = {}
 
     # -- where -----------------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -184,10 +185,10 @@ class ExternalSource:
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
-    def recordings(self, conn: psycopg.Connection, ids: list[str]) -> list[SourceRecording]:
+    def recordings(self, conn: psycopg.Connection, ids: list[str]) -> list[SourceRow]:
         """Metadata and content hash of ``ids`` (those still in the source), in batches."""
         self.validate(conn)
-        out: list[SourceRecording] = []
+        out: list[SourceRow] = []
         for i in range(0, len(ids), BATCH):
             part = ids[i : i + BATCH]
             meta = {
@@ -218,10 +219,10 @@ class ExternalSource:
         query = self._wrap(template, d.turns_sql or d.transcripts_sql or "", hash=digest)
         return dict(self._run(conn, d.reads, query, (ids,)))
 
-    def _meta(self, row: tuple, raw_hash: str | None) -> SourceRecording:
+    def _meta(self, row: tuple, raw_hash: str | None) -> SourceRow:
         # No transcript row at all hashes as "missing": the recording is registered and fails on its own turn.
         digest = hashlib.sha256(f"{self.definition.parse_digest}:{raw_hash or 'missing'}".encode()).hexdigest()
-        return SourceRecording(row[0], row[1], row[2], row[3], digest)
+        return SourceRow(row[0], row[1], row[2], row[3], digest)
 
     def fetch(self, conn: psycopg.Connection, recording_id: str) -> FetchedRecording | None:
         """One recording's metadata, hash and transcript, read in one snapshot; None when not in the source."""
@@ -277,8 +278,6 @@ class ExternalSource:
 
     def segments(self, fetched: FetchedRecording) -> tuple[Segment, ...]:
         """Parse a fetched recording; raises UnreadableSourceRow naming the row and the fix."""
-        from embed_assets.lib.sources.formats import unreadable
-
         d, rid, value = self.definition, fetched.meta.recording_id, fetched.value
         if value is _MISSING:
             raise unreadable(d, rid, "no transcript row for this recording")
@@ -299,8 +298,3 @@ _MISSING = _Missing()
 @dataclass(frozen=True)
 class _Duplicate:
     n: int
-
-
-def usable_id(recording_id: str) -> str | None:
-    """None when the source's id can be a partition key, else what is wrong with it."""
-    return validate_recording_id(recording_id)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 
 from embed_assets.lib.db.names import q
-from embed_assets.lib.sources.external import SourceRecording
+from embed_assets.lib.sources.external import SourceRow
 
 ORIGIN = "source"  # recordings.origin of the rows kept for EMBED_SOURCE (NULL: the project's own tables)
 
@@ -47,7 +47,7 @@ def origin_of(conn: psycopg.Connection, recording_id: str) -> str | None:
     return "" if row is None else (row[0] or None)
 
 
-def register(conn: psycopg.Connection, rows: Iterable[SourceRecording]) -> RegistryChanges:
+def register(conn: psycopg.Connection, rows: Iterable[SourceRow]) -> RegistryChanges:
     """Insert new recordings, update changed ones (a row that did not change is not written); idempotent."""
     rows = list(rows)
     out = RegistryChanges()

@@ -19,8 +19,9 @@ from typing import Any
 
 import psycopg
 
-from embed_assets.lib.sources.external import ExternalSource, usable_id
+from embed_assets.lib.sources.external import ExternalSource
 from embed_assets.lib.sources.registry import RegistryChanges, loaded_ids, register, registered_ids, remove
+from embed_assets.lib.transcripts import validate_recording_id
 
 
 @dataclass
@@ -61,7 +62,7 @@ def sync_source(
     now = source.now(source_conn)
     ids = source.ids(source_conn)
     for rid in sorted(ids):
-        if (why := usable_id(rid)) is not None:
+        if (why := validate_recording_id(rid)) is not None:  # must be a Dagster partition key
             report.unusable_ids[rid] = why
     ids -= set(report.unusable_ids)
     report.source_rows = len(ids)
@@ -93,10 +94,7 @@ def sync_source(
     rows = source.recordings(source_conn, sorted(candidates))
     report.scanned = len(rows)
     changes = register(store_conn, rows)
-    report.registry.added, report.registry.changed, report.registry.renamed = (
-        changes.added,
-        changes.changed,
-        changes.renamed,
-    )
-    report.registry.conflicts += changes.conflicts  # loaded in the meantime
+    changes.removed = report.registry.removed
+    changes.conflicts += report.registry.conflicts  # ids taken before this pass, plus any loaded meanwhile
+    report.registry = changes
     return new_state, report
