@@ -38,12 +38,26 @@ def _spec():
 
 
 def _connect_migrated():
+    """A connection to the vector store, its schema migrated and its models registered (the configured model on a
+    fresh install)."""
     from embed_assets.lib.db.connection import connect, vector_database_url
     from embed_assets.lib.db.migrations import migrate
+    from embed_assets.lib.models.registry import ensure_models
 
     conn = connect(vector_database_url())
-    migrate(conn, _spec().dimension)
+    spec = _spec()
+    migrate(conn, spec.dimension)
+    ensure_models(conn, spec)
     return conn
+
+
+def _active(conn):
+    from embed_assets.lib.models.registry import active
+
+    reg = active(conn)
+    if reg is None:
+        _die("no model is active; run `embed-assets model activate MODEL` (`embed-assets status` lists them)")
+    return reg
 
 
 def _instance():
@@ -166,15 +180,19 @@ def migrate() -> None:
     from embed_assets.lib.db.migrations import migrate as apply
     from embed_assets.lib.db.migrations import schema_version
     from embed_assets.lib.db.names import names
+    from embed_assets.lib.models.registry import ensure_models
 
     url = vector_database_url()
+    spec = _spec()
     with connect(url) as conn:
-        applied = apply(conn, _spec().dimension)
+        applied = apply(conn, spec.dimension)
+        models = ensure_models(conn, spec)
         n = names(conn)
         out.print(
             f"schema {n.schema} on {redact_url(url)} at version {schema_version(conn)}"
             + (f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)")
-            + f"; pgvector in schema {n.vector}",
+            + f"; pgvector in schema {n.vector}; models: "
+            + ", ".join(f"{m.model_id} ({m.state})" for m in models),
             highlight=False,
         )
 
@@ -299,17 +317,23 @@ def embed(
     from embed_assets.console.summary import print_summary
     from embed_assets.definitions import defs
     from embed_assets.lib.db.connection import connect, vector_database_url
+    from embed_assets.lib.models.registry import registered
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
-    spec = _spec()
     _sync_source(instance)
     ordered = instance.get_dynamic_partitions(PARTITIONS)
     with _connect_migrated() as conn:
-        pending = set(ordered) if all_ else set(ordered) - embedded_ids(conn, spec.model_id)
+        # Every registered model is kept current: a recording needs work when any of them lacks it. The display
+        # follows the first model with work left (the active one, else the shadow being built).
+        regs = registered(conn)
+        lacking = {r.model_id: set(ordered) - embedded_ids(conn, r.model_id) for r in regs}
+        pending = set(ordered) if all_ else set().union(*lacking.values())
+        spec = next((r for r in regs if lacking[r.model_id]), regs[0]).spec
         if not pending:
             out.print(
-                f"nothing to embed: all {len(ordered)} registered recording(s) are embedded for {spec.model_id}"
+                f"nothing to embed: all {len(ordered)} registered recording(s) are embedded for "
+                + ", ".join(r.model_id for r in regs)
                 if ordered
                 else "no recordings registered: add some with `embed-assets load` or `embed-assets sample N`, "
                 "or point EMBED_SOURCE at your own tables",
@@ -330,27 +354,15 @@ def embed(
         raise typer.Exit(130 if summary.interrupted else 1)
 
 
-def _query_embedder():
-    """A function embedding query texts with the configured model (checked against the active model)."""
+def _query_embedder(spec):
+    """A function embedding query texts with ``spec`` (the active model: queries and chunks alike)."""
     from embed_assets.console.run import QUIET_ENV
     from embed_assets.defs.resources import EmbedderResource
 
     for k, v in QUIET_ENV.items():  # the model's "Loading weights" bar is noise in search output
         os.environ.setdefault(k, v)
-    emb = EmbedderResource()
-    embed = emb.texts_embedder()  # the client (and a local model) only when a query needs embedding
-    return emb.spec(), lambda texts: list(embed(texts))
-
-
-def _check_active(conn, model_id: str) -> None:
-    from embed_assets.lib.search.query import active_model
-
-    active = active_model(conn)
-    if active is not None and active != model_id:
-        _die(
-            f"search serves the active model {active!r}, but EMBED_PROVIDER/EMBED_MODEL/EMBED_DIMENSIONS name "
-            f"{model_id!r}; set them to the active model to embed the query the same way"
-        )
+    embed = EmbedderResource().texts_embedder(spec)  # the client (and a local model) only when a query needs it
+    return lambda texts: list(embed(texts))
 
 
 @app.command()
@@ -372,7 +384,6 @@ def search(
         _die(f"--mode {mode!r} is not known; use one of {', '.join(MODES)}")
     if (query is None) == (batch is None):
         _die("give a QUERY or --batch FILE.jsonl (not both)")
-    spec, embed = _query_embedder()
     if batch is not None:
         from embed_assets.lib.search.batch import parse_queries, run_batch
 
@@ -380,13 +391,13 @@ def search(
             _die(f"no such file: {batch}")
         queries = parse_queries(batch.read_text(encoding="utf-8").splitlines(), str(batch), k)
         with _connect_migrated() as conn:
-            _check_active(conn, spec.model_id)
+            embed = _query_embedder(_active(conn).spec)
             for result in run_batch(conn, queries, embed, mode):  # type: ignore[arg-type]
                 print(json.dumps(result, ensure_ascii=False), flush=True)
         return
-    vec = embed([query])[0] if mode != "text" else None
     with _connect_migrated() as conn:
-        _check_active(conn, spec.model_id)
+        embed = _query_embedder(_active(conn).spec)
+        vec = embed([query])[0] if mode != "text" else None
         hits = run_search(conn, vec, query, k, recording, mode)  # type: ignore[arg-type]
     if as_json:
         for h in hits:
@@ -475,9 +486,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     from embed_assets.defs.checks import pipeline_health
     from embed_assets.defs.resources import VectorStoreResource
 
-    spec = _spec()
-    _connect_migrated().close()
-    h = pipeline_health(_instance(), VectorStoreResource(), spec.model_id)
+    with _connect_migrated() as conn:
+        model_id = _active(conn).model_id
+    h = pipeline_health(_instance(), VectorStoreResource(), model_id)
     s = h["db"]
     data = {
         **s.as_dict(),
@@ -490,6 +501,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "verdict": h["verdict"],
         "reasons": h["reasons"],
         "source": h["source"],
+        "models": h["models"],
     }
     if as_json:
         print(json.dumps(data, default=str))
@@ -504,6 +516,14 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         highlight=False,
         markup=False,
     )
+    if len(h["models"]) > 1:
+        for m, c in h["models"].items():
+            out.print(
+                f"  {c['state']:<6} {m} ({c['dimension']} dims, {c['index']} index): {c['embedded']} of "
+                f"{c['recordings']} recordings ({c['completion_pct']:.1f}%), {c['vectors']} vectors",
+                highlight=False,
+                markup=False,
+            )
     for rid in (h["dead_lettered"] + h["failed"])[:20]:
         e = h["errors"].get(rid, {})
         tag = "dead-lettered" if rid in h["dead_lettered"] else "failed"
@@ -523,21 +543,23 @@ def index(
     strategy: Annotated[
         str | None, typer.Argument(help="bit, halfvec or vector; omit to show the current one.")
     ] = None,
+    model: Annotated[str | None, typer.Option(help="The model whose index (default: the active model).")] = None,
 ) -> None:
-    """Show or replace the ANN index on chunk_vectors (see the README's benchmark table before changing it)."""
-    from embed_assets.lib.indexes import create_index, current_strategy
+    """Show or replace a model's ANN index (see the README's benchmark table before changing it)."""
+    from embed_assets.lib.models.change import reindex
+    from embed_assets.lib.models.registry import find, index_strategy
 
     with _connect_migrated() as conn:
         if strategy is None:
-            current = current_strategy(conn)
-            out.print(current.name if current else "none (search is exact)")
+            reg = find(conn, model) if model else _active(conn)
+            if reg is None:
+                _die(f"model {model!r} is not registered (`embed-assets status` lists them)")
+            current = index_strategy(conn, reg)
+            out.print(f"{reg.model_id}: {current.name if current else 'none (search is exact)'}", highlight=False)
             return
         started = time.perf_counter()
-        try:
-            create_index(conn, strategy, _spec().dimension)
-        except ValueError as e:
-            _die(str(e))
-        out.print(f"index rebuilt as {strategy} in {time.perf_counter() - started:.1f}s")
+        reg = reindex(conn, model, strategy)
+    out.print(f"{reg.model_id}: index rebuilt as {strategy} in {time.perf_counter() - started:.1f}s", highlight=False)
 
 
 @app.command()
@@ -558,6 +580,116 @@ def dev(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> No
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background start must stay stoppable by its pid
     dagster = Path(sys.executable).parent / "dagster"
     os.execv(str(dagster), [str(dagster), "dev", "-w", str(workspace), "-p", str(port)])
+
+
+model_app = typer.Typer(no_args_is_help=True, help="Change the embedding model without downtime.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("shadow")
+def model_shadow(
+    name: Annotated[str, typer.Argument(help="The new model, e.g. text-embedding-3-small.")],
+    dimensions: Annotated[int | None, typer.Option(help="A shortened dimension (text-embedding-3 models).")] = None,
+    provider: Annotated[str | None, typer.Option(help="local or openai (default: the one serving NAME).")] = None,
+    index_strategy: Annotated[str | None, typer.Option("--index", help="bit, halfvec or vector.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (scripts).")] = False,
+) -> None:
+    """Start building a second model's vectors beside the active one's (search keeps the active model). Prints
+    the estimated cost first and asks to confirm. The sensor then requests every recording for it; a backfill
+    (`embed-assets embed`, or the UI) builds it faster."""
+    from embed_assets.lib.models.change import estimate, shadow
+    from embed_assets.model_change import named_model
+
+    spec = named_model(name, dimensions, provider)
+    with _connect_migrated() as conn:
+        with _progress(True) as bar:
+            task = bar.add_task("counting tokens", total=None)
+            est = estimate(conn, spec, lambda done, total: bar.update(task, completed=done, total=total))
+        out.print("estimate: " + est.describe(), highlight=False, markup=False)
+        if not yes and not typer.confirm(f"register {spec.model_id} and start building its vectors?"):
+            raise typer.Exit(1)
+        reg = shadow(conn, spec, index_strategy)
+    out.print(
+        f"{reg.model_id} registered as a shadow model ({reg.spec.dimension} dims, table {reg.partition}, chunks cut "
+        f"by {reg.chunk_tokenizer}). Build it: `embed-assets embed` (or a backfill of embed_recordings in the UI; "
+        "the sensor also requests every recording). Follow it with `embed-assets status`; then "
+        f"`embed-assets model compare {reg.model_id}` and `embed-assets model activate {reg.model_id}`.",
+        highlight=False,
+        markup=False,
+    )
+
+
+@model_app.command("compare")
+def model_compare(
+    model: Annotated[str, typer.Argument(help="A registered shadow model id (as `status` shows it).")],
+    queries: Annotated[
+        Path | None, typer.Option(help='Labelled questions (JSON lines {"recording_id", "query", "spans"}).')
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Queries drawn from chunk text when no --queries.")] = 50,
+    k: Annotated[int, typer.Option("-k", help="Top-k compared.", min=1, max=100)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The active model beside MODEL on the same queries: top-k overlap, recall@k (with labelled queries) and
+    per-query latency of each. Read-only."""
+    from embed_assets.model_change import run_compare
+
+    with _connect_migrated() as conn:
+        report = run_compare(conn, model, queries, sample, k, lambda m: err.print(m, highlight=False))
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    out.print(
+        f"{report.queries} {'labelled' if report.labelled else 'drawn'} queries; active {report.active} vs "
+        f"{report.candidate}",
+        highlight=False,
+    )
+    for mode, share in report.overlap.items():
+        out.print(f"{mode}: top-{report.k} overlap {share:.3f}", highlight=False)
+        for m in (report.active, report.candidate):
+            lat = report.latency_ms[m][mode]
+            recall = report.recall.get(m, {}).get(mode, {}).get("all")
+            extra = (
+                " ".join(f"R@{x} {recall[f'recall@{x}']:.3f}" for x in (1, 5, 10)) + f" MRR {recall['mrr']:.3f}; "
+                if recall
+                else ""
+            )
+            out.print(f"  {m}: {extra}p50 {lat['p50']} ms, p95 {lat['p95']} ms", highlight=False)
+
+
+@model_app.command("activate")
+def model_activate(
+    model: Annotated[str, typer.Argument(help="A registered model id.")],
+    force: Annotated[bool, typer.Option("--force", help="Switch even while it lacks recordings.")] = False,
+) -> None:
+    """Switch search (embed_search, `search`, the health verdict) to MODEL, for every reader at once. Refused
+    while MODEL lacks vectors of recordings the active model serves, unless --force. Rolling back is activating
+    the old model again (it is kept current until dropped)."""
+    from embed_assets.lib.models.change import activate
+
+    with _connect_migrated() as conn:
+        reg, gap = activate(conn, model, force)
+    if gap is None:
+        out.print(f"{reg.model_id} is the active model", highlight=False)
+        return
+    out.print(f"{reg.model_id} is now the active model (was {gap.active_id})", highlight=False)
+    if gap.lost:
+        err.print(f"[yellow]warning:[/yellow] {gap.describe()} until its backfill completes", highlight=False)
+
+
+@model_app.command("drop")
+def model_drop(
+    model: Annotated[str, typer.Argument(help="A registered model that is not active.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (scripts).")] = False,
+) -> None:
+    """Remove a model's vectors and index (a DROP of its table: instant, no index churn) and its chunks. Refuses
+    the active model."""
+    from embed_assets.lib.models.change import drop
+
+    if not yes and not typer.confirm(f"drop every vector of {model}?"):
+        raise typer.Exit(1)
+    with _connect_migrated() as conn:
+        removed = drop(conn, model)
+    out.print(f"dropped {model}: {removed} vectors and its index removed", highlight=False)
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     from embed_assets.lib.db.connection import connect, vector_database_url
     from embed_assets.lib.db.migrations import migrate
     from embed_assets.lib.embedders.base import texts_function
+    from embed_assets.lib.models.registry import ensure_models
     from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording
     from embed_assets.lib.sources.tables import upsert_transcript
     from embed_assets.lib.tokenizers import token_counter
@@ -57,14 +58,17 @@ def run_eval(queries_path: Path, load: Path | None, progress: Callable[[str], No
     queries = load_queries(queries_path)
     resource = EmbedderResource()
     spec = resource.spec()
-    embedder = resource.build(batch_size=64, max_concurrency=2, request_timeout_s=60, max_attempts=6, backoff_base_s=1)
+    url = _fresh_database() if load is not None else vector_database_url()
+    with connect(url, setting="EMBED_EVAL_DATABASE_URL" if load else "EMBED_DATABASE_URL") as conn:
+        migrate(conn, spec.dimension)
+        spec = ensure_models(conn, spec)[0].spec  # an existing store is evaluated with its active model
+    embedder = resource.build(
+        batch_size=64, max_concurrency=2, request_timeout_s=60, max_attempts=6, backoff_base_s=1, spec=spec
+    )
     counter = token_counter(spec.tokenizer)
     embed = texts_function(embedder)
-
-    url = _fresh_database() if load is not None else vector_database_url()
     try:
         with connect(url, setting="EMBED_EVAL_DATABASE_URL" if load else "EMBED_DATABASE_URL") as conn:
-            migrate(conn, spec.dimension)
             if load is not None:
                 started = time.perf_counter()
                 transcripts, problems = [], []

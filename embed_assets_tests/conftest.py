@@ -56,9 +56,13 @@ def db_url(embed_home: Path) -> str:
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
-    """A connection to an emptied vector store (all source and output rows removed)."""
+    """A connection to an emptied vector store (all source and output rows removed), with one model registered
+    (text-embedding-3-small at 384 dims; a run configured for another replaces it, the store being empty)."""
+    from embed_assets_tests.support.models import reset_models
+
     with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute("TRUNCATE embed_assets.recordings, embed_assets.active_model CASCADE")
+        c.execute("TRUNCATE embed_assets.recordings, embed_assets.vector_cache CASCADE")
+        reset_models(c)
         yield c
 
 

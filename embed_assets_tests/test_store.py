@@ -97,7 +97,7 @@ def test_migrations_are_idempotent_and_safe_from_two_processes(db_url: str) -> N
     assert sorted(v for a in applied for v in a) == [m.version for m in MIGRATIONS]  # each applied once
     with psycopg.connect(url, autocommit=True) as c:
         assert migrate(c, 384) == []
-        assert schema_version(c) == len(MIGRATIONS) and vector_dimension(c) == 384
+        assert schema_version(c) == len(MIGRATIONS) and vector_dimension(c) is None  # dimensions are per model
 
 
 def _migrate(url: str) -> list[int]:
@@ -319,21 +319,26 @@ def test_wrong_dimension_is_refused_before_writing(conn: psycopg.Connection) -> 
     chunk_recording(conn, "r1", SPEC, PARAMS)
     plan = plan_embeddings(conn, "r1", SPEC.model_id)
     vecs = {c.chunk_index: (c.content_hash, np.ones(1536, np.float32)) for c in plan.to_embed}
-    with pytest.raises(ConfigError, match="1536-dim vector but chunk_vectors holds 384-dim"):
+    with pytest.raises(
+        ConfigError, match="1536-dim vector but model text-embedding-3-small@384 is registered with 384 dimensions"
+    ):
         write_vectors(conn, plan, vecs, insert_batch_size=50, statement_timeout_ms=30_000)
     assert state(conn, "r1")[1] == 0
 
 
 @pytest.mark.parametrize("name", ["bit", "halfvec", "vector"])
 def test_search_finds_the_exact_chunk_under_every_index_strategy(conn: psycopg.Connection, name: str) -> None:
-    from embed_assets.lib.indexes import DEFAULT_INDEX, create_index, current_strategy
+    from embed_assets.lib.indexes import DEFAULT_INDEX
+    from embed_assets.lib.models.change import reindex
+    from embed_assets.lib.models.registry import active, index_strategy
     from embed_assets.lib.search.query import search
 
     for rid in ("r1", "r2", "r3"):
         upsert_transcript(conn, transcript(rid, 40, variant=rid))
         run(conn, rid, HashEmbedder())
     try:
-        assert create_index(conn, name, 384).name == name and current_strategy(conn).name == name
+        reindex(conn, None, name)
+        assert index_strategy(conn, active(conn)).name == name
         last, target = conn.execute(  # the last chunk holds the turn unique to r2
             "SELECT chunk_index, content FROM embed_assets.chunks WHERE recording_id = 'r2' "
             "ORDER BY chunk_index DESC LIMIT 1"
@@ -344,7 +349,7 @@ def test_search_finds_the_exact_chunk_under_every_index_strategy(conn: psycopg.C
         only = search(conn, vector_for(target, 384), None, k=3, recording_id="r3", mode="vector")
         assert len(only) == 3 and {h.recording_id for h in only} == {"r3"}
     finally:
-        create_index(conn, DEFAULT_INDEX, 384)
+        reindex(conn, None, DEFAULT_INDEX)
 
 
 def test_a_3072_dim_model_gets_an_index(db_url: str) -> None:
@@ -353,8 +358,17 @@ def test_a_3072_dim_model_gets_an_index(db_url: str) -> None:
         c.execute("DROP DATABASE IF EXISTS large_model")
         c.execute("CREATE DATABASE large_model")
     with psycopg.connect(db_url.replace("/embed_assets?", "/large_model?"), autocommit=True) as c:
+        from embed_assets.lib.models.registry import coverage, ensure_models
+
         assert migrate(c, 3072) == [m.version for m in MIGRATIONS]
-        assert vector_dimension(c) == 3072
+        ensure_models(c, resolve_model("openai", "text-embedding-3-large"))
+        [large] = coverage(c)
+        assert (large.model_id, large.dimension, large.index, large.state) == (
+            "text-embedding-3-large",
+            3072,
+            "bit",
+            "active",
+        )
 
 
 def test_unchanged_recording_is_not_chunked_again(conn: psycopg.Connection, monkeypatch) -> None:

@@ -20,7 +20,15 @@ from embed_assets.lib.errors import (
     RecordingDeletedError,
     TransientProviderError,
 )
-from embed_assets.lib.pipeline import ChunkStats, EmbedStats, RecordingEmbedder, chunk_recording
+from embed_assets.lib.models.registry import Registered
+from embed_assets.lib.pipeline import (
+    ChunkStats,
+    ChunkTarget,
+    EmbedStats,
+    ProviderTotals,
+    RecordingEmbedder,
+    chunk_models,
+)
 from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.external import ExternalSource
 from embed_assets.lib.sources.formats import UNREADABLE, UnreadableSourceRow
@@ -48,6 +56,7 @@ def _run_each(
     retry_delay_s: float,
     on_error: Callable[[str, str], None],
     passed_on: dict[str, str] | None = None,
+    label: str | None = None,
 ) -> list[Any]:
     """Run ``work`` per recording. Configuration/provider errors stop everything at once; other errors are
     collected so the remaining recordings still complete, then the step fails (or retries) naming each.
@@ -56,6 +65,7 @@ def _run_each(
     log line is an event row in Dagster's storage (~15 ms each, `make bench`), so a line per recording
     cost more than the work on short calls."""
     results, failed, transient = [], {}, False
+    prefix = f"[{label}] " if label else ""  # a shadow model's lines say which model they are about
     last_progress = time.monotonic()
     for n, key in enumerate(keys, 1):
         try:
@@ -88,13 +98,17 @@ def _run_each(
             on_error(key, failed[key])
         now = time.monotonic()
         if key in failed or n == len(keys) or now - last_progress >= PROGRESS_EVERY_S:
-            context.log.info(f"{key}: {'failed' if key in failed else 'done'} ({len(results)}/{len(keys)} done)")
+            context.log.info(
+                f"{prefix}{key}: {'failed' if key in failed else 'done'} ({len(results)}/{len(keys)} done)"
+            )
             last_progress = now
     if failed:
         summary = "; ".join(f"{k}: {v}" for k, v in failed.items())
         if transient and context.retry_number < step_retries:
             delay = retry_delay_s * 2**context.retry_number
-            context.log.warning(f"{len(failed)} recording(s) failed transiently, retrying in {delay:.0f}s: {summary}")
+            context.log.warning(
+                f"{prefix}{len(failed)} recording(s) failed transiently, retrying in {delay:.0f}s: {summary}"
+            )
             raise dg.RetryRequested(max_retries=step_retries, seconds_to_wait=delay)
         raise _fatal(
             f"{len(failed)} of {len(keys)} recording(s) failed: {summary}",
@@ -123,11 +137,12 @@ class _Connection:
             self._conn.close()
 
 
-def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_id: str, asset: str):
+def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_ids: Sequence[str], asset: str):
     def record(key: str, message: str) -> None:
         try:
             unreadable = message.startswith(UNREADABLE)
-            record_error(db.get(), key, model_id, asset, message, context.run_id, unreadable=unreadable)
+            for model_id in model_ids:
+                record_error(db.get(), key, model_id, asset, message, context.run_id, unreadable=unreadable)
         except (
             psycopg.Error,
             DatabaseUnavailableError,
@@ -159,31 +174,30 @@ def transcript_chunks(
     """Token-aware, speaker-aware chunks of each recording's transcript, with overlap, in the `chunks` table
     (and the `transcript_chunks` view). Only chunks whose text changed are rewritten. Free: no provider calls."""
     try:
-        spec = embedder.spec()
-        params = config.params(spec)
+        models = store.models(embedder.spec())
+        params = [config.params(m.spec) for m in models]
+        source = store.source()
     except (ConfigError, ValueError) as e:
         raise _fatal(str(e)) from None
-    store.ensure_schema(spec.dimension)
-    try:
-        source = store.source()
-    except ConfigError as e:
-        raise _fatal(str(e)) from None
+    targets = [ChunkTarget(m.spec, m.chunk_tokenizer) for m in models]
+    model_ids = [m.model_id for m in models]
     db = _Connection(store)
     source_db = _Connection(store, source)
     unreadable: dict[str, str] = {}
     try:
-        stats: list[ChunkStats] = _run_each(
+        per_key: list[list[ChunkStats]] = _run_each(
             context,
             context.partition_keys,
-            lambda key: chunk_recording(db.get(), key, spec, params, source, source_db.get),
+            lambda key: chunk_models(db.get(), key, targets, params[0], source, source_db.get),
             step_retries=2,
             retry_delay_s=5.0,
-            on_error=_recorder(context, db, spec.model_id, "transcript_chunks"),
+            on_error=_recorder(context, db, model_ids, "transcript_chunks"),
             passed_on=unreadable,
         )
     finally:
         db.close()
         source_db.close()
+    stats = [s for each in per_key for s in each if s.model == models[0].model_id]
     return dg.MaterializeResult(
         metadata={
             "recordings": len(stats),
@@ -192,16 +206,38 @@ def transcript_chunks(
             "tokens": sum(s.tokens for s in stats),
             "chunks_rewritten": sum(s.inserted for s in stats),
             "chunks_unchanged": sum(s.unchanged for s in stats),
-            "model": spec.model_id,
-            "chunk_tokens": params.max_tokens,
-            "chunk_overlap": params.overlap_tokens,
-            "seconds": round(sum(s.seconds for s in stats), 3),
+            "model": _models_label(models),
+            **_per_model(models, [s for each in per_key for s in each], _chunk_totals),
+            "chunk_tokens": params[0].max_tokens,
+            "chunk_overlap": params[0].overlap_tokens,
+            "seconds": round(sum(s.seconds for each in per_key for s in each), 3),
             "source": source.describe() if source else "project tables (recordings, transcript_segments)",
             "unreadable_source_rows": len(unreadable),
             **({"unreadable": dg.MetadataValue.json(dict(list(unreadable.items())[:50]))} if unreadable else {}),
             **_per_recording(stats),
         }
     )
+
+
+def _models_label(models: Sequence[Registered]) -> str:
+    """Which models a materialization belongs to, as the UI shows it: the active one first."""
+    return ", ".join(f"{m.model_id} ({m.state})" for m in models)
+
+
+def _chunk_totals(stats: Sequence[ChunkStats]) -> dict[str, Any]:
+    return {
+        "chunks": sum(s.chunks for s in stats),
+        "tokens": sum(s.tokens for s in stats),
+        "chunks_rewritten": sum(s.inserted for s in stats),
+    }
+
+
+def _per_model(models: Sequence[Registered], stats: Sequence[Any], totals: Callable[[Sequence[Any]], dict]) -> dict:
+    """Per-model figures where more than one model is registered (a shadow is being built or kept)."""
+    if len(models) < 2:
+        return {}
+    table = {m.model_id: {"state": m.state, **totals([s for s in stats if s.model == m.model_id])} for m in models}
+    return {"models": dg.MetadataValue.json(table)}
 
 
 @dg.asset(
@@ -224,9 +260,66 @@ def chunk_embeddings(
     `insert_batch_size` rows."""
     config = config.effective()
     try:
-        spec = embedder.spec()
+        models = store.models(embedder.spec())
     except ConfigError as e:
         raise _fatal(str(e)) from None
+    keys = context.partition_keys
+    db = _Connection(store)
+    results: list[tuple[Registered, list[EmbedStats], ProviderTotals]] = []
+    failures: list[tuple[str, dg.Failure | dg.RetryRequested]] = []
+    try:
+        # The active model first: whatever a shadow model meets (a missing key, a provider outage), the vectors
+        # that search serves are written before it. Each model's recordings fail or succeed on their own.
+        for model in models:
+            try:
+                results.append((model, *_embed_model(context, config, embedder, db, model, keys)))
+            except (dg.Failure, dg.RetryRequested) as e:
+                failures.append((model.model_id, e))
+    finally:
+        db.close()
+    if failures:
+        _raise_failures(failures, len(models))
+    stats = [s for _, model_stats, _ in results for s in model_stats]
+    provider = ProviderTotals()
+    for _, _, totals in results:
+        provider.merge(totals)
+    cost = sum(t.cost_usd(m.spec) for m, _, t in results)
+    active = results[0][0]
+    return dg.MaterializeResult(
+        metadata={
+            "recordings": len(keys),
+            "chunks": sum(s.chunks for s in results[0][1]),
+            "embedded": sum(s.embedded for s in stats),
+            "cache_hits": sum(s.cache_hits for s in stats),
+            "tokens": provider.tokens,
+            "provider_requests": provider.requests,
+            "provider_retries": provider.retries,
+            "provider_rate_limited": provider.rate_limited,
+            "estimated_cost_usd": round(cost, 6),
+            "vectors_written": sum(s.vectors_written for s in stats),
+            "vectors_deleted": sum(s.vectors_deleted for s in stats),
+            "insert_statements": sum(s.insert_statements for s in stats),
+            "embed_seconds": round(provider.seconds, 3),
+            "write_seconds": round(sum(s.write_seconds for s in stats), 3),
+            "adapted_recordings": dg.MetadataValue.json({s.recording_id: s.adapted for s in stats if s.adapted}),
+            "model": _models_label(models),
+            "provider": active.spec.provider,
+            "dimension": active.spec.dimension,
+            **_per_model_embeddings(results),
+            **_per_recording(results[0][1]),
+        }
+    )
+
+
+def _embed_model(
+    context: dg.AssetExecutionContext,
+    config: EmbedConfig,
+    embedder: EmbedderResource,
+    db: _Connection,
+    model: Registered,
+    keys: Sequence[str],
+) -> tuple[list[EmbedStats], ProviderTotals]:
+    spec = model.spec
     # Built when a recording first needs the provider (a ConfigError then fails the step as fatal).
     client = LazyEmbedder(
         spec,
@@ -236,10 +329,9 @@ def chunk_embeddings(
             request_timeout_s=config.request_timeout_s,
             max_attempts=config.max_attempts,
             backoff_base_s=config.backoff_base_s,
+            spec=spec,
         ),
     )
-    db = _Connection(store)
-    keys = context.partition_keys
     # The provider gets the pending chunks of several recordings per batch: enough to fill every request in
     # flight (embed_batch_size x max_concurrency); each recording is still written in its own transaction.
     recordings = RecordingEmbedder(
@@ -260,33 +352,44 @@ def chunk_embeddings(
             recordings,
             step_retries=config.step_retries,
             retry_delay_s=config.step_retry_delay_s,
-            on_error=_recorder(context, db, spec.model_id, "chunk_embeddings"),
+            on_error=_recorder(context, db, [spec.model_id], "chunk_embeddings"),
+            label=None if model.active else spec.model_id,
         )
     finally:
         recordings.close()
-        db.close()
         client.close()
-    provider = recordings.totals
-    return dg.MaterializeResult(
-        metadata={
-            "recordings": len(stats),
-            "chunks": sum(s.chunks for s in stats),
+    return stats, recordings.totals
+
+
+def _raise_failures(failures: list[tuple[str, dg.Failure | dg.RetryRequested]], registered: int) -> None:
+    """One model's failure is the step's; with several models, the message names each model's."""
+    if all(isinstance(e, dg.RetryRequested) for _, e in failures):
+        raise failures[0][1]
+    if registered == 1 and len(failures) == 1:
+        raise failures[0][1]
+    parts, metadata = [], {}
+    for model_id, e in failures:
+        what = e.description if isinstance(e, dg.Failure) else "failed transiently (the step is not retried now)"
+        parts.append(f"model {model_id}: {what}")
+        if isinstance(e, dg.Failure):
+            metadata.update({f"{model_id}: {k}": v for k, v in e.metadata.items()})
+    raise _fatal("; ".join(parts), **metadata)
+
+
+def _per_model_embeddings(results: list[tuple[Registered, list[EmbedStats], ProviderTotals]]) -> dict:
+    if len(results) < 2:
+        return {}
+    table = {
+        m.model_id: {
+            "state": m.state,
+            "dimension": m.spec.dimension,
             "embedded": sum(s.embedded for s in stats),
             "cache_hits": sum(s.cache_hits for s in stats),
-            "tokens": provider.tokens,
-            "provider_requests": provider.requests,
-            "provider_retries": provider.retries,
-            "provider_rate_limited": provider.rate_limited,
-            "estimated_cost_usd": round(provider.cost_usd(spec), 6),
             "vectors_written": sum(s.vectors_written for s in stats),
-            "vectors_deleted": sum(s.vectors_deleted for s in stats),
-            "insert_statements": sum(s.insert_statements for s in stats),
-            "embed_seconds": round(provider.seconds, 3),
-            "write_seconds": round(sum(s.write_seconds for s in stats), 3),
-            "adapted_recordings": dg.MetadataValue.json({s.recording_id: s.adapted for s in stats if s.adapted}),
-            "model": spec.model_id,
-            "provider": spec.provider,
-            "dimension": spec.dimension,
-            **_per_recording(stats),
+            "tokens": totals.tokens,
+            "provider_requests": totals.requests,
+            "estimated_cost_usd": round(totals.cost_usd(m.spec), 6),
         }
-    )
+        for m, stats, totals in results
+    }
+    return {"models": dg.MetadataValue.json(table)}

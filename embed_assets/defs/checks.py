@@ -17,6 +17,7 @@ from embed_assets.lib.health.channels import reachability
 from embed_assets.lib.health.config import ConfigReport, check_configuration
 from embed_assets.lib.health.integrity import check_integrity
 from embed_assets.lib.health.status import db_status, last_errors, verdict
+from embed_assets.lib.models.registry import coverage
 from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.sources.discovery import source_hashes
 
@@ -83,6 +84,7 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
         hashes = source_hashes(conn, keys)
         state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
         errors = last_errors(conn, model_id, state.all_failed[:50])
+        models = {c.model_id: c.as_dict() for c in coverage(conn)}
     level, reasons = verdict(db, len(state.failed), len(state.dead_lettered))
     return {
         "source": source_description(store),
@@ -94,6 +96,7 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
         "errors": errors,
         "verdict": level,
         "reasons": reasons,
+        "models": models,
     }
 
 
@@ -101,11 +104,13 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
 def completion_rate(
     context: dg.AssetCheckExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
-    """Share of recordings whose current transcript is embedded, failed and dead-lettered recordings, and
+    """Share of recordings whose current transcript is embedded by the active model (and each shadow model's, in
+    the metadata), failed and dead-lettered recordings, and
     embedding activity while work is pending, against DESIGN.md's thresholds (completion >= 99%; dead
     letters 0-20 healthy, 21-50 WARN, > 50 ERROR; nothing embedded for 1 h / 6 h while work is pending:
     WARN / ERROR). Global, not per partition: a rate is a property of the whole set."""
-    h = pipeline_health(context.instance, store, embedder.spec().model_id)
+    models = store.models(embedder.spec())
+    h = pipeline_health(context.instance, store, models[0].model_id)
     db = h["db"]
     dead = h["dead_lettered"]
     return dg.AssetCheckResult(
@@ -124,6 +129,8 @@ def completion_rate(
             "minutes_since_last_embedding": round((db.seconds_since_last_embedding or 0) / 60, 1),
             "unreadable_source_rows": db.unreadable_source_rows,
             "source": h["source"],
+            "model": models[0].model_id,
+            **({"models": dg.MetadataValue.json(h["models"])} if len(models) > 1 else {}),
             "dead_lettered_recordings": dg.MetadataValue.json(
                 {k: h["errors"].get(k, {}).get("error", "see the run in the UI") for k in dead[:50]}
             ),
@@ -153,21 +160,34 @@ def run_recordings(context: dg.AssetCheckExecutionContext) -> list[str] | None:
 def chunk_integrity(
     context: dg.AssetCheckExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.AssetCheckResult:
-    """Every chunk of every embedded recording has exactly one vector of the configured model (for its
+    """For every registered model: every chunk of every embedded recording has exactly one vector of the model (for its
     current text), no vector is left without its chunk (changed or deleted recordings), no zero vectors,
     chunk rows match their plan, and the chunks cover every segment without gaps. In a run, over the run's
     recordings (a run can only break what it wrote, and a whole-table check in every run grows with the
     corpus: `make bench`); launched on its own, over every recording."""
     scope = run_recordings(context)
+    models = store.models(embedder.spec())
     with store.connect() as conn:
-        result = check_integrity(conn, embedder.spec().model_id, scope)
+        results = {m.model_id: check_integrity(conn, m.model_id, scope) for m in models}
+    result = results[models[0].model_id]
+    bad = {m: r for m, r in results.items() if not r.ok}
+    description = (
+        "consistent"
+        if not bad
+        else "; ".join(f"{m}: inconsistent recordings, e.g. {', '.join(r.examples)}" for m, r in bad.items())
+    )
     return dg.AssetCheckResult(
-        passed=result.ok,
+        passed=not bad,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=("consistent" if result.ok else f"inconsistent recordings, e.g. {', '.join(result.examples)}")
-        + ("" if scope is None else f" ({len(scope)} recording(s) of this run checked)"),
+        description=description + ("" if scope is None else f" ({len(scope)} recording(s) of this run checked)"),
         metadata={
             **{k: (dg.MetadataValue.json(v) if isinstance(v, list) else v) for k, v in result.as_dict().items()},
+            "model": models[0].model_id,
+            **(
+                {"models": dg.MetadataValue.json({m: r.as_dict() for m, r in results.items()})}
+                if len(models) > 1
+                else {}
+            ),
             "scope": "all recordings" if scope is None else f"{len(scope)} recording(s) of this run",
         },
     )

@@ -31,8 +31,8 @@ def pipeline_health(
     verdict (healthy / warning / critical) comes with its reasons; a configuration problem (the blocking
     check's own finding, e.g. a missing OPENAI_API_KEY where runs execute) makes it critical and is recorded
     as the concrete cause that the alerts (health_alerts sensor) send."""
-    spec = embedder.spec()
-    store.ensure_schema(spec.dimension)  # a fresh install evaluated before its first load has nothing to fail on
+    # The active model's health (a fresh install evaluated before its first load has nothing to fail on).
+    spec = store.models(embedder.spec())[0].spec
     h = health_numbers(context.instance, store, spec.model_id)
     problems = configuration_report(store, embedder, probe=False).problems
     level, reasons = with_configuration(h["verdict"], h["reasons"], problems)

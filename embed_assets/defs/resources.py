@@ -14,6 +14,7 @@ from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
 from embed_assets.lib.embedders.base import LazyEmbedder, texts_function
 from embed_assets.lib.models import ModelSpec, resolve_model
+from embed_assets.lib.models.registry import Registered, ensure_models
 from embed_assets.lib.settings import DEFAULT_MODELS, load_settings
 from embed_assets.lib.sources.definition import configured_definition
 from embed_assets.lib.sources.external import ExternalSource
@@ -42,6 +43,13 @@ class VectorStoreResource(dg.ConfigurableResource):
         with self.connect() as conn:
             return migrate(conn, dimension)
 
+    def models(self, configured: ModelSpec) -> list[Registered]:
+        """The models this database keeps vectors for, the active one first (lib/models/registry.py); on a fresh
+        install (or one holding no vector yet) ``configured`` is registered and made active first."""
+        with self.connect() as conn:
+            migrate(conn, configured.dimension)
+            return ensure_models(conn, configured)
+
 
 class EmbedderResource(dg.ConfigurableResource):
     """The embedding provider. Empty fields fall back to EMBED_PROVIDER / EMBED_MODEL / EMBED_DIMENSIONS;
@@ -64,14 +72,21 @@ class EmbedderResource(dg.ConfigurableResource):
     def api_key_present(self) -> bool:
         return bool(os.environ.get("OPENAI_API_KEY", "").strip())
 
-    def texts_embedder(self) -> Callable[[list[str]], np.ndarray]:
-        """A function embedding a few texts (search queries, `adopt`'s verification sample) with this model, on
-        a client with short timeouts built on the first call (a text-only search builds none) and kept after."""
+    def texts_embedder(self, spec: ModelSpec | None = None) -> Callable[[list[str]], np.ndarray]:
+        """A function embedding a few texts (search queries, `adopt`'s verification sample) with ``spec`` (default:
+        the configured model), on a client with short timeouts built on the first call (a text-only search builds
+        none) and kept after."""
+        spec = spec or self.spec()
         return texts_function(
             LazyEmbedder(
-                self.spec(),
+                spec,
                 lambda: self.build(
-                    batch_size=64, max_concurrency=1, request_timeout_s=30, max_attempts=4, backoff_base_s=1
+                    batch_size=64,
+                    max_concurrency=1,
+                    request_timeout_s=30,
+                    max_attempts=4,
+                    backoff_base_s=1,
+                    spec=spec,
                 ),
             )
         )
@@ -84,8 +99,13 @@ class EmbedderResource(dg.ConfigurableResource):
         request_timeout_s: float,
         max_attempts: int,
         backoff_base_s: float,
+        spec: ModelSpec | None = None,
     ) -> Embedder:
-        provider, model, dimensions = self.resolved()
+        """A client for ``spec`` (a registered model), or for the configured model."""
+        if spec is not None:
+            provider, model, dimensions = spec.provider, spec.name, spec.dimension
+        else:
+            provider, model, dimensions = self.resolved()
         if provider == "local":
             return LocalEmbedderConfig(model=model, batch_size=min(batch_size, 64)).build()
         resolve_model(provider, model, dimensions)  # a clear ConfigError before any client exists

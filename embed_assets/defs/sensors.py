@@ -14,10 +14,11 @@ from embed_assets.lib.sources.discovery import all_recording_ids, changes_since,
 from embed_assets.lib.sources.sync import sync_source
 
 
-def run_key(recording_id: str, model_id: str, content_hash: str) -> str:
-    """Deterministic: one run per (recording, model, content). A changed transcript gets a new key; an
-    unchanged one can never be requested twice (Dagster skips a run key it has seen)."""
-    return f"{recording_id}@{model_id}@{content_hash[:16]}"
+def run_key(recording_id: str, model_ids: list[str], content_hash: str) -> str:
+    """Deterministic: one run per (recording, models it is pending for, content). A changed transcript gets a
+    new key, and so does a model registered later (a shadow being built); an unchanged one can never be
+    requested twice (Dagster skips a run key it has seen)."""
+    return f"{recording_id}@{'+'.join(model_ids)}@{content_hash[:16]}"
 
 
 @dg.sensor(
@@ -35,9 +36,13 @@ def new_recordings_sensor(
     next ticks). Recordings whose last attempt failed are left to `retry_failed_recordings`. Once an hour it
     reconciles partitions with the source in full."""
     settings = automation_settings()
-    spec = embedder.spec()
-    store.ensure_schema(spec.dimension)
+    models = sorted(m.model_id for m in store.models(embedder.spec()))
     cursor = json.loads(context.cursor) if context.cursor else {}
+    if any(m not in cursor.get("models", models) for m in models):
+        cursor.pop("ts", None)  # a model registered since the last tick: every recording is pending for it
+        cursor.pop("id", None)
+        context.log.info(f"models registered since the last tick ({', '.join(models)}): scanning every recording")
+    cursor["models"] = models
     after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
     known = set(context.instance.get_dynamic_partitions(recordings_partitions.name))
 
@@ -56,24 +61,22 @@ def new_recordings_sensor(
                 )
             context.log.info(f"{source.describe()}: {report.summary()}")
         now = db_now(conn)
-        rows = changes_since(
-            conn, after, now - timedelta(seconds=settings.settle_s), spec.model_id, settings.scan_limit
-        )
+        rows = changes_since(conn, after, now - timedelta(seconds=settings.settle_s), settings.scan_limit)
         deleted, tombstone = deletions_since(conn, int(cursor.get("del", 0)), 100_000)
         reconcile = now.timestamp() - float(cursor.get("reconciled", 0)) >= settings.reconcile_every_s
         source_ids = all_recording_ids(conn) if reconcile else None
-        late = pending_before(conn, after[0], spec.model_id, settings.max_runs_per_tick) if reconcile and after else []
+        late = pending_before(conn, after[0], settings.max_runs_per_tick) if reconcile and after else []
 
     run_requests: list[dg.RunRequest] = []
     requested: set[str] = set()
     position = after
 
-    def request(recording_id: str, content_hash: str) -> None:
+    def request(recording_id: str, content_hash: str, pending: list[str]) -> None:
         requested.add(recording_id)
         run_requests.append(
             dg.RunRequest(
                 partition_key=recording_id,
-                run_key=run_key(recording_id, spec.model_id, content_hash),
+                run_key=run_key(recording_id, pending, content_hash),
                 tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: content_hash[:16]},
             )
         )
@@ -82,11 +85,11 @@ def new_recordings_sensor(
         if row.pending and not row.failed and row.recording_id not in requested:
             if len(run_requests) >= settings.max_runs_per_tick:
                 break  # the cursor stops here; the next tick continues from this row
-            request(row.recording_id, row.content_hash)
+            request(row.recording_id, row.content_hash, row.models)
         position = (row.updated_at, row.recording_id)
     for row in late:
         if len(run_requests) < settings.max_runs_per_tick and row.recording_id not in requested:
-            request(row.recording_id, row.content_hash)
+            request(row.recording_id, row.content_hash, row.models)
 
     adds = [r.recording_id for r in rows if r.recording_id not in known]
     deletes = [k for k in deleted if k in known]

@@ -1,4 +1,5 @@
-"""The ANN index on chunk_vectors, by strategy. Chosen by measurement (`make bench`, README table):
+"""The ANN index of each model's vectors (its partition of chunk_vectors), by strategy. Chosen by measurement
+(`make bench`, README table):
 
 - ``bit``: HNSW over ``binary_quantize(embedding)::bit(D)`` with Hamming distance, and an exact cosine
   re-rank of the candidates it returns. Inserts cost a fraction of a float HNSW's, the index is ~32x
@@ -7,7 +8,9 @@
 - ``halfvec``: HNSW over ``embedding::halfvec(D)`` (up to 4,000 dimensions), cosine.
 - ``vector``: pgvector's default HNSW over the full-precision column (up to 2,000 dimensions).
 
-Search and the index must agree, so the strategy in force is read from the index definition itself.
+The column has no dimension (models of different sizes share the table, one partition each, lib/models/registry.py),
+so every indexed expression casts to the model's dimension, as pgvector documents for mixed dimensions. Search
+and the index must agree, so the strategy in force is read from the index definition itself.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from psycopg import sql
 
 from embed_assets.lib.db.names import names, q
 
-INDEX_NAME = "chunk_vectors_hnsw_idx"
 DEFAULT_INDEX = "bit"
+
+
+def index_name(partition: str) -> str:
+    return f"{partition}_hnsw"
 
 
 @dataclass(frozen=True)
@@ -32,13 +38,14 @@ class IndexStrategy:
     max_dim: int
     rerank: bool  # candidates come from a coarse distance and are re-ranked by exact cosine
 
-    def ddl(self, conn: psycopg.Connection, dim: int) -> sql.Composed:
+    def ddl(self, conn: psycopg.Connection, partition: str, dim: int) -> sql.Composed:
         return q(
             conn,
-            f"CREATE INDEX {{name}} ON {{s}}.chunk_vectors USING hnsw (({self.expression}) {self.opclass})".replace(
+            f"CREATE INDEX {{name}} ON {{s}}.{{table}} USING hnsw (({self.expression}) {self.opclass})".replace(
                 "{dim}", str(int(dim))
             ),
-            name=sql.Identifier(INDEX_NAME),
+            name=sql.Identifier(index_name(partition)),
+            table=sql.Identifier(partition),
         )
 
     def order_by(self, dim: int) -> str:
@@ -64,7 +71,12 @@ STRATEGIES: dict[str, IndexStrategy] = {
         False,
     ),
     "vector": IndexStrategy(
-        "vector", "embedding", "{v}.vector_cosine_ops", "embedding OPERATOR({v}.<=>) %(q)s", 2_000, False
+        "vector",
+        "embedding::{v}.vector({dim})",
+        "{v}.vector_cosine_ops",
+        "embedding::{v}.vector({dim}) OPERATOR({v}.<=>) %(q)s::{v}.vector({dim})",
+        2_000,
+        False,
     ),
 }
 
@@ -80,10 +92,11 @@ def default_strategy(dim: int) -> IndexStrategy:
     return s if dim <= s.max_dim else STRATEGIES["bit"]
 
 
-def current_strategy(conn: psycopg.Connection) -> IndexStrategy | None:
-    """The strategy of the index in place, from its definition (None: no ANN index, search is exact)."""
+def current_strategy(conn: psycopg.Connection, partition: str) -> IndexStrategy | None:
+    """The strategy of the index on a model's partition, from its definition (None: no ANN index, exact search)."""
     row = conn.execute(
-        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s", (names(conn).schema, INDEX_NAME)
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+        (names(conn).schema, index_name(partition)),
     ).fetchone()
     if row is None:
         return None
@@ -93,16 +106,13 @@ def current_strategy(conn: psycopg.Connection) -> IndexStrategy | None:
     return None
 
 
-def create_index(conn: psycopg.Connection, name: str, dim: int) -> IndexStrategy:
-    """Replace the ANN index with ``name``'s (in one transaction: search never sees a missing index)."""
+def build_index(conn: psycopg.Connection, partition: str, name: str, dim: int) -> IndexStrategy:
+    """(Re)build a model's ANN index as ``name``, inside the caller's transaction (search, reading the old index
+    or none, never sees a half-built one). The search function is the caller's business."""
     s = strategy(name)
     if dim > s.max_dim:
-        raise ValueError(f"a {name} HNSW index holds at most {s.max_dim} dimensions; this table has {dim}")
-    with conn.transaction():
-        conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
-        conn.execute(q(conn, "DROP INDEX IF EXISTS {s}.{name}", name=sql.Identifier(INDEX_NAME)))
-        conn.execute(s.ddl(conn, dim))
-        from embed_assets.lib.search.function import refresh_search_function  # it builds on the strategies here
-
-        refresh_search_function(conn, dim, s)
+        raise ValueError(f"a {name} HNSW index holds at most {s.max_dim} dimensions; this model has {dim}")
+    conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+    conn.execute(q(conn, "DROP INDEX IF EXISTS {s}.{name}", name=sql.Identifier(index_name(partition))))
+    conn.execute(s.ddl(conn, partition, dim))
     return s

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -39,9 +40,23 @@ class ChunkStats:
     deleted: int
     unchanged: int
     seconds: float
+    model: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChunkTarget:
+    """A model to chunk for: its spec, and the tokenizer whose boundaries cut its chunks (lib/models/registry.py
+    ``shared_tokenizer``: another model's, so both embed the same passages, where this model's limit allows)."""
+
+    spec: ModelSpec
+    tokenizer: str = ""
+
+    @property
+    def boundaries(self) -> str:
+        return self.tokenizer or self.spec.tokenizer
 
 
 def chunk_recording(
@@ -52,8 +67,21 @@ def chunk_recording(
     source: ExternalSource | None = None,
     source_conn: Callable[[], psycopg.Connection] | None = None,
 ) -> ChunkStats:
-    """Chunk one recording from its current transcript: the project's tables, or (with ``source``) the user's
-    own tables read in place, whose registry row is brought up to date first."""
+    """Chunk one recording for one model, cut by its own tokenizer (chunk_models for several)."""
+    return chunk_models(conn, recording_id, [ChunkTarget(spec)], params, source, source_conn)[0]
+
+
+def chunk_models(
+    conn: psycopg.Connection,
+    recording_id: str,
+    targets: Sequence[ChunkTarget],
+    params: ChunkParams,
+    source: ExternalSource | None = None,
+    source_conn: Callable[[], psycopg.Connection] | None = None,
+) -> list[ChunkStats]:
+    """Chunk one recording from its current transcript for every model of ``targets``: the project's tables, or
+    (with ``source``) the user's own tables read in place, whose registry row is brought up to date first. The
+    transcript is read once for all models, and only when some model's chunks are not current."""
     started = time.perf_counter()
     fetched = None
     if source is not None and source_conn is not None and origin_of(conn, recording_id) == ORIGIN:
@@ -64,54 +92,95 @@ def chunk_recording(
                 "removes its partition and vectors"
             )
         register(conn, [fetched.meta])  # the source may have changed since the sensor saw it
-    chunker = params.describe(counter_name(spec.tokenizer))
-    # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
-    # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording, and
-    # loading the tokenizer (~0.3 s per process) most of the cost of a run where nothing changed.
-    done = conn.execute(
-        q(
-            conn,
-            """SELECT r.segment_count, p.chunk_count,
-                  (SELECT coalesce(sum(token_count), 0) FROM {s}.chunks c WHERE c.recording_id = r.recording_id
-                   AND c.model = p.model)
-           FROM {s}.recordings r JOIN {s}.chunk_plans p ON p.recording_id = r.recording_id AND p.model = %s
-           WHERE r.recording_id = %s AND p.source_hash = r.content_hash AND p.chunker = %s""",
-        ),
-        (spec.model_id, recording_id, chunker),
-    ).fetchone()
-    if done is not None:
-        segments, n_chunks, tokens = done
-        return ChunkStats(recording_id, segments, n_chunks, tokens, 0, 0, n_chunks, time.perf_counter() - started)
+    out: list[ChunkStats] = []
+    transcript: tuple[list, str] | None = None
+    for target in targets:
+        spec = target.spec
+        shared = params.describe(counter_name(target.boundaries))
+        own = params.describe(counter_name(spec.tokenizer))
+        # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
+        # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording, and
+        # loading the tokenizer (~0.3 s per process) most of the cost of a run where nothing changed.
+        done = conn.execute(
+            q(
+                conn,
+                """SELECT r.segment_count, p.chunk_count,
+                      (SELECT coalesce(sum(token_count), 0) FROM {s}.chunks c WHERE c.recording_id = r.recording_id
+                       AND c.model = p.model)
+               FROM {s}.recordings r JOIN {s}.chunk_plans p ON p.recording_id = r.recording_id AND p.model = %s
+               WHERE r.recording_id = %s AND p.source_hash = r.content_hash AND p.chunker = ANY(%s)""",
+            ),
+            (spec.model_id, recording_id, [shared, own]),
+        ).fetchone()
+        if done is not None:
+            segments, n_chunks, tokens = done
+            out.append(ChunkStats(recording_id, segments, n_chunks, tokens, 0, 0, n_chunks, 0.0, spec.model_id))
+            continue
+        if transcript is None:
+            transcript = _transcript(conn, recording_id, fetched, source, [t.spec.model_id for t in targets])
+        segments, content_hash = transcript
+        began = time.perf_counter()
+        chunks, chunker = _chunks(segments, params, target, shared, own)
+        written = write_chunk_plan(conn, recording_id, spec.model_id, content_hash, chunker, chunks)
+        out.append(
+            ChunkStats(
+                recording_id,
+                len(segments),
+                len(chunks),
+                sum(c.token_count for c in chunks),
+                written.inserted,
+                written.deleted,
+                written.unchanged,
+                time.perf_counter() - began,
+                spec.model_id,
+            )
+        )
+    if out:
+        out[0].seconds += time.perf_counter() - started - sum(s.seconds for s in out)
+    return out
+
+
+def _transcript(
+    conn: psycopg.Connection,
+    recording_id: str,
+    fetched: Any,
+    source: ExternalSource | None,
+    model_ids: list[str],
+) -> tuple[list, str]:
+    """The recording's segments and content hash: from the fetched source row, or the project's tables."""
     if fetched is not None and source is not None:
         segments = source.segments(fetched)  # UnreadableSourceRow: this recording fails alone
         content_hash = fetched.meta.content_hash
         set_segment_count(conn, recording_id, content_hash, len(segments))
-        clear_unreadable(conn, recording_id, spec.model_id)  # read now (a parser fix, say): not unreadable
-    else:
-        own = read_recording(conn, recording_id)
-        if own is None:
-            raise RecordingDeletedError(
-                f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
-                "partition, or load it again with `embed-assets load`"
-            )
-        if not own.segments and origin_of(conn, recording_id) == ORIGIN:  # never chunk it as empty
-            raise ConfigError(
-                f"recording {recording_id!r} comes from a source file (EMBED_SOURCE), which is not set where this "
-                "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
-            )
-        segments, content_hash = own.segments, own.content_hash
-    chunks = chunk_segments(segments, params, token_counter(spec.tokenizer))
-    written = write_chunk_plan(conn, recording_id, spec.model_id, content_hash, chunker, chunks)
-    return ChunkStats(
-        recording_id,
-        len(segments),
-        len(chunks),
-        sum(c.token_count for c in chunks),
-        written.inserted,
-        written.deleted,
-        written.unchanged,
-        time.perf_counter() - started,
-    )
+        for model_id in model_ids:
+            clear_unreadable(conn, recording_id, model_id)  # read now (a parser fix, say): not unreadable
+        return segments, content_hash
+    own = read_recording(conn, recording_id)
+    if own is None:
+        raise RecordingDeletedError(
+            f"recording {recording_id!r} is not in the source tables (deleted?); the sensor removes its "
+            "partition, or load it again with `embed-assets load`"
+        )
+    if not own.segments and origin_of(conn, recording_id) == ORIGIN:  # never chunk it as empty
+        raise ConfigError(
+            f"recording {recording_id!r} comes from a source file (EMBED_SOURCE), which is not set where this "
+            "run executes; set EMBED_SOURCE (and its database_url variable) there, as for the sensor"
+        )
+    return own.segments, own.content_hash
+
+
+def _chunks(segments: list, params: ChunkParams, target: ChunkTarget, shared: str, own: str) -> tuple[list, str]:
+    """Chunks cut at ``target``'s boundaries, with token counts by the model's own tokenizer (what it is billed
+    and limited by). Where a shared boundary leaves a chunk over the model's own limit, the recording is cut again
+    with the model's own tokenizer: no input is ever truncated by the model."""
+    spec = target.spec
+    chunks = chunk_segments(segments, params, token_counter(target.boundaries))
+    if target.boundaries == spec.tokenizer:
+        return chunks, own
+    counts = token_counter(spec.tokenizer).count_many([c.content for c in chunks])
+    if max(counts, default=0) > spec.max_input_tokens - 2:
+        return chunk_segments(segments, params, token_counter(spec.tokenizer)), own
+    return [replace(c, token_count=n) for c, n in zip(chunks, counts, strict=True)], shared
 
 
 @dataclass
@@ -147,6 +216,10 @@ class ProviderTotals:
 
     def cost_usd(self, spec: ModelSpec) -> float:
         return self.tokens * spec.usd_per_million_tokens / 1_000_000
+
+    def merge(self, other: ProviderTotals) -> None:
+        for name in ("inputs", "tokens", "requests", "retries", "rate_limited", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def add(self, inputs: int, result: EmbedResult) -> None:
         self.inputs += inputs

@@ -18,7 +18,6 @@ import psycopg
 
 from embed_assets.lib.chunking import Chunk
 from embed_assets.lib.db.connection import register_vector_types
-from embed_assets.lib.db.migrations import vector_dimension
 from embed_assets.lib.db.names import q
 from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
@@ -294,12 +293,21 @@ def write_vectors(
                 f"recording {plan.recording_id!r} was re-chunked or deleted during embedding; "
                 "nothing was written, re-run its partition"
             )
-        dim = vector_dimension(conn)
+        registered = conn.execute(
+            q(conn, "SELECT dimension FROM {s}.models WHERE model = %s"), (plan.model_id,)
+        ).fetchone()
+        if registered is None:
+            raise ConfigError(
+                f"model {plan.model_id!r} is not registered in this database, so it has no table of vectors; "
+                f"nothing was written. Register it with `embed-assets model shadow {plan.model_id.split('@')[0]}`"
+            )
+        dim = registered[0]
         for idx, (_, vec) in rows.items():
-            if dim is not None and vec.shape != (dim,):
+            if vec.shape != (dim,):
                 raise ConfigError(
-                    f"chunk {idx} of {plan.recording_id!r} has a {vec.shape[0]}-dim vector but chunk_vectors "
-                    f"holds {dim}-dim vectors; nothing was written. Check EMBED_MODEL / EMBED_DIMENSIONS"
+                    f"chunk {idx} of {plan.recording_id!r} has a {vec.shape[0]}-dim vector but model "
+                    f"{plan.model_id} is registered with {dim} dimensions; nothing was written. Check the "
+                    "provider's model (OPENAI_BASE_URL) and EMBED_DIMENSIONS"
                 )
         # Delete vectors of chunks that changed or no longer exist (only those: deletes churn the index).
         deleted = conn.execute(
@@ -344,11 +352,6 @@ def write_vectors(
                 smallest = min(smallest, n)
             statements += 1
             start += len(batch)
-        if statements:  # the first vectors of a database make their model the active one
-            conn.execute(
-                q(conn, "INSERT INTO {s}.active_model (model, dimension) VALUES (%s, %s) ON CONFLICT DO NOTHING"),
-                (plan.model_id, dim or len(next(iter(rows.values()))[1])),
-            )
         conn.execute(
             q(conn, "DELETE FROM {s}.recording_errors WHERE recording_id = %s AND model = %s"),
             (plan.recording_id, plan.model_id),

@@ -6,8 +6,8 @@ second process waits for the lock and then finds nothing left to do. A schema th
 recognised by a read-only query, so workers may run as a role without DDL rights once an owner ran
 ``embed-assets migrate``. An install from before the schema existed (tables in ``public``) is moved into the
 schema first, table by table with ALTER ... SET SCHEMA (metadata only: no row is copied or lost).
-The vector table's dimension follows the configured model when it is created; a later model of another
-dimension is reported by the ``embedding_config_valid`` check (see ``vector_dimension``), never mixed in.
+Vectors of several models, of any dimensions, live in one table partitioned by model (migration 8,
+lib/models/registry.py); the registry of models and the active one are rows here, so every process agrees.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from psycopg import sql
 from embed_assets.lib.db.connection import first_line
 from embed_assets.lib.db.names import forget, names, q, schema_name
 from embed_assets.lib.errors import ConfigError
-from embed_assets.lib.indexes import default_strategy
 
 # pg_advisory_xact_lock key: a constant of our own ("embedasm" in ASCII).
-_MIGRATION_LOCK = 0x656D626564_61736D & 0x7FFFFFFFFFFFFFFF
+MIGRATION_LOCK = 0x656D626564_61736D & 0x7FFFFFFFFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,6 @@ def _vector_tables(conn: psycopg.Connection, dim: int) -> None:
         )
     )
     _x(conn, "CREATE INDEX chunk_vectors_hash_idx ON {s}.chunk_vectors (model, content_hash)")
-    conn.execute(default_strategy(dim).ddl(conn, dim))  # the measured default (lib/indexes.py)
     _x(
         conn,
         """
@@ -204,8 +202,7 @@ def _locked_down(conn: psycopg.Connection, dim: int) -> None:
 
 
 def _search(conn: psycopg.Connection, dim: int) -> None:
-    from embed_assets.lib.indexes import current_strategy  # lib/search builds on lib/indexes and this module
-    from embed_assets.lib.search.function import HIT_TYPE, TEXT_CONFIG, refresh_search_function
+    from embed_assets.lib.search.function import HIT_TYPE, TEXT_CONFIG  # lib/search builds on this module
 
     # Full text over the chunk text, speaker names included ("Dana: ..."), kept by Postgres itself.
     _x(
@@ -214,8 +211,8 @@ def _search(conn: psycopg.Connection, dim: int) -> None:
             GENERATED ALWAYS AS (to_tsvector('{TEXT_CONFIG}'::regconfig, content)) STORED""",
     )
     _x(conn, "CREATE INDEX chunks_fts_idx ON {s}.chunks USING gin (fts)")
-    # The model that serves search (embed_search, `embed-assets search`, the health verdict): one row, set by
-    # the first vectors written (lib/store.py), so every process reads the same answer from the database.
+    # The model that serves search (embed_search, `embed-assets search`, the health verdict): one row, so every
+    # process reads the same answer from the database (lib/models/registry.py).
     _x(
         conn,
         """CREATE TABLE {s}.active_model (
@@ -230,16 +227,10 @@ def _search(conn: psycopg.Connection, dim: int) -> None:
            SELECT model, %s FROM {s}.chunk_vectors GROUP BY model ORDER BY count(*) DESC LIMIT 1""",
         (dim,),
     )
-    _x(conn, HIT_TYPE)
-    refresh_search_function(conn, vector_dimension(conn) or dim, current_strategy(conn))
+    _x(conn, HIT_TYPE)  # embed_search itself is created by migration 8, over the model registry
 
 
 def _sources(conn: psycopg.Connection, dim: int) -> None:
-    from embed_assets.lib.indexes import current_strategy
-    from embed_assets.lib.search.function import refresh_search_function
-
-    # embed_search keeps every word on a store under 10,000 chunks (lib/search/function.py COMMON_MIN_CHUNKS).
-    refresh_search_function(conn, vector_dimension(conn) or dim, current_strategy(conn))
     # A source row that cannot be read (lib/sources/formats.py) fails its recording like any error; flagged so
     # `status` and the checks can count unreadable rows apart from other failures.
     _x(conn, "ALTER TABLE {s}.recording_errors ADD COLUMN unreadable boolean NOT NULL DEFAULT false")
@@ -262,6 +253,123 @@ def _sources(conn: psycopg.Connection, dim: int) -> None:
     )
 
 
+_VIEW = """
+    CREATE VIEW {s}.transcript_chunks AS
+    SELECT c.recording_id, c.chunk_index, c.content, c.first_seq, c.last_seq, c.start_s, c.end_s,
+           c.speakers, c.token_count, c.content_hash, c.model, v.embedding, v.embedded_at
+    FROM {s}.chunks c
+    LEFT JOIN {s}.chunk_vectors v
+      ON v.recording_id = c.recording_id AND v.model = c.model
+     AND v.chunk_index = c.chunk_index AND v.content_hash = c.content_hash"""
+
+
+def _models(conn: psycopg.Connection, dim: int) -> None:
+    """chunk_vectors becomes a table partitioned by model, one partition (dimension check, ANN index) per
+    registered model. The existing table becomes its main model's partition as it is: no row is copied (only rows
+    of other models, which the configuration check refused before, move to partitions of their own). Its ANN index
+    is rebuilt once with the same strategy, over an expression cast to the dimension (the column itself has none)."""
+    from embed_assets.lib.indexes import STRATEGIES, build_index, default_strategy
+    from embed_assets.lib.models.registry import add_partition, set_active
+    from embed_assets.lib.models.specs import spec_for_model_id
+
+    _x(
+        conn,
+        """CREATE TABLE {s}.models (
+               model           text PRIMARY KEY,
+               provider        text NOT NULL,
+               name            text NOT NULL,
+               dimension       integer NOT NULL CHECK (dimension > 0),
+               vectors         text NOT NULL UNIQUE,
+               chunk_tokenizer text NOT NULL,
+               registered_at   timestamptz NOT NULL DEFAULT now())""",
+    )
+    legacy_dim = vector_dimension(conn) or dim
+    indexdef = conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'chunk_vectors_hnsw_idx'",
+        (names(conn).schema,),
+    ).fetchone()
+    legacy_index = next(
+        (st for st in STRATEGIES.values() if indexdef and st.opclass.rsplit(".", 1)[-1] in indexdef[0]), None
+    )
+    counts = conn.execute(
+        q(conn, "SELECT model, count(*) FROM {s}.chunk_vectors GROUP BY model ORDER BY count(*) DESC, model")
+    ).fetchall()
+    active = conn.execute(q(conn, "SELECT model FROM {s}.active_model")).fetchone()
+    _x(conn, "DROP VIEW {s}.transcript_chunks")
+    _x(conn, "DROP INDEX IF EXISTS {s}.chunk_vectors_hnsw_idx")
+    _x(conn, "ALTER TABLE {s}.chunk_vectors RENAME TO chunk_vectors_1")
+    _x(conn, "ALTER INDEX {s}.chunk_vectors_pkey RENAME TO chunk_vectors_1_pkey")
+    _x(conn, "ALTER INDEX {s}.chunk_vectors_hash_idx RENAME TO chunk_vectors_1_hash_idx")
+    _x(
+        conn,
+        "ALTER TABLE {s}.chunk_vectors_1 RENAME CONSTRAINT chunk_vectors_recording_id_fkey TO chunk_vectors_1_fkey",
+    )
+    _x(conn, "ALTER TABLE {s}.chunk_vectors_1 ALTER COLUMN embedding TYPE {v}.vector")  # typmod only: no rewrite
+    _x(
+        conn,
+        """CREATE TABLE {s}.chunk_vectors (
+               recording_id text NOT NULL REFERENCES {s}.recordings (recording_id) ON DELETE CASCADE,
+               model        text NOT NULL,
+               chunk_index  integer NOT NULL,
+               content_hash text NOT NULL,
+               embedding    {v}.vector NOT NULL,
+               embedded_at  timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (recording_id, model, chunk_index)
+           ) PARTITION BY LIST (model)""",
+    )
+    _x(conn, "CREATE INDEX chunk_vectors_hash_idx ON {s}.chunk_vectors (model, content_hash)")
+    if not counts:  # nothing stored yet: the configured model is registered on first use (ensure_models)
+        _x(conn, "DROP TABLE {s}.chunk_vectors_1")
+        _x(conn, "DELETE FROM {s}.active_model")
+    else:
+        main = active[0] if active and any(m == active[0] for m, _ in counts) else counts[0][0]
+        main_spec = spec_for_model_id(main, legacy_dim)
+        conn.execute(
+            q(
+                conn,
+                """INSERT INTO {s}.models (model, provider, name, dimension, vectors, chunk_tokenizer)
+                   VALUES (%s, %s, %s, %s, 'chunk_vectors_1', %s)""",
+            ),
+            (main, main_spec.provider, main_spec.name, legacy_dim, main_spec.tokenizer),
+        )
+        for other, _ in counts:
+            if other == main:
+                continue
+            spec = spec_for_model_id(other, legacy_dim)
+            add_partition(conn, spec, spec.tokenizer, None)
+            _x(conn, "INSERT INTO {s}.chunk_vectors SELECT * FROM {s}.chunk_vectors_1 WHERE model = %s", (other,))
+            _x(conn, "DELETE FROM {s}.chunk_vectors_1 WHERE model = %s", (other,))
+        conn.execute(
+            q(
+                conn,
+                "ALTER TABLE {s}.chunk_vectors_1 ADD CONSTRAINT chunk_vectors_1_dimension "
+                "CHECK ({v}.vector_dims(embedding) = {dim})",
+                dim=sql.Literal(legacy_dim),
+            )
+        )
+        conn.execute(
+            q(
+                conn,
+                "ALTER TABLE {s}.chunk_vectors ATTACH PARTITION {s}.chunk_vectors_1 FOR VALUES IN ({m})",
+                m=sql.Literal(main),
+            )
+        )
+        build_index(conn, "chunk_vectors_1", (legacy_index or default_strategy(legacy_dim)).name, legacy_dim)
+    _x(conn, _VIEW)
+    # The active model must be a registered one (a row of models), and a model is dropped only when not active.
+    _x(conn, "DELETE FROM {s}.active_model a WHERE NOT EXISTS (SELECT 1 FROM {s}.models m WHERE m.model = a.model)")
+    _x(conn, "ALTER TABLE {s}.active_model ADD FOREIGN KEY (model) REFERENCES {s}.models (model)")
+    from embed_assets.lib.models.registry import registered
+
+    regs = registered(conn)
+    if regs:
+        set_active(conn, next((r for r in regs if r.active), regs[0]))
+    else:
+        from embed_assets.lib.search.function import refresh_search_function
+
+        refresh_search_function(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -270,6 +378,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "own schema: row-level security on, no privileges but the owner's", _locked_down),
     Migration(6, "hybrid search: full-text column and index, active model, embed_search()", _search),
     Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
+    Migration(8, "several models: a registry, vectors partitioned by model, embed_search over the active one", _models),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -358,7 +467,7 @@ def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
 def _migrate(conn: psycopg.Connection, schema: str, dimension: int) -> list[int]:
     applied: list[int] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         _ensure_pgvector(conn)
         _move_legacy_tables(conn, schema)
@@ -378,11 +487,11 @@ def _migrate(conn: psycopg.Connection, schema: str, dimension: int) -> list[int]
             applied.append(m.version)
         if applied:
             lock_down(conn)
-            _regrant(conn)
+            regrant(conn)
     return applied
 
 
-def _regrant(conn: psycopg.Connection) -> None:
+def regrant(conn: psycopg.Connection) -> None:
     """Roles given access through `embed-assets grant` get the same access to what the migrations just
     created (a worker granted before an upgrade must not find a new table refused)."""
     from embed_assets.lib.db.roles import grant  # roles builds on this module

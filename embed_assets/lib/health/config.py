@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import psycopg
 
 from embed_assets.lib.db.connection import connect
-from embed_assets.lib.db.migrations import check_access, vector_dimension
-from embed_assets.lib.db.names import names, q
+from embed_assets.lib.db.migrations import check_access, schema_version
+from embed_assets.lib.db.names import names
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
+from embed_assets.lib.models.registry import registered
 from embed_assets.lib.sources.external import ExternalSource
 
 
@@ -48,11 +49,7 @@ def check_configuration(
         report.facts.update(provider=spec.provider, model=spec.model_id, model_dimension=spec.dimension)
     except ConfigError as e:
         report.fail(str(e))
-    if spec is not None and spec.provider == "openai" and not api_key_present:
-        report.fail(
-            "OPENAI_API_KEY is not set in the run worker's environment; set it where the Dagster code "
-            "location and run workers start (dagster dev / daemon / run launcher), not only in your shell"
-        )
+    providers = {spec.provider} if spec is not None else set()
     try:
         url = database_url()
         with connect(url) as conn:
@@ -68,9 +65,14 @@ def check_configuration(
             else:
                 report.facts["pgvector"] = ext[0]
             check_access(conn)
-            _check_vectors(conn, spec, report)
+            providers = _check_models(conn, spec, report) or providers
     except (EmbedAssetsError, psycopg.Error) as e:
         report.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if "openai" in providers and not api_key_present:
+        report.fail(
+            "OPENAI_API_KEY is not set in the run worker's environment; set it where the Dagster code "
+            "location and run workers start (dagster dev / daemon / run launcher), not only in your shell"
+        )
     if report.ok and probe is not None:
         try:
             probe()
@@ -127,25 +129,52 @@ def _can_create_pgvector(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def _check_vectors(conn: psycopg.Connection, spec: ModelSpec | None, report: ConfigReport) -> None:
-    dim = vector_dimension(conn)
-    report.facts["table_dimension"] = dim if dim is not None else "not created yet"
-    if spec is None or dim is None:
-        return
-    if dim != spec.dimension:
-        report.fail(
-            f"chunk_vectors holds {dim}-dim vectors but {spec.model_id} makes {spec.dimension}-dim ones; "
-            f"point EMBED_DATABASE_URL at a database for this model, or set EMBED_MODEL/EMBED_DIMENSIONS back "
-            f"to a {dim}-dim model"
+def _check_models(conn: psycopg.Connection, configured: ModelSpec | None, report: ConfigReport) -> set[str]:
+    """The registered models (lib/models/registry.py): each resolvable here, its table of vectors present with the
+    registered dimension. Returns the providers they need. The configured model (EMBED_MODEL) not being registered
+    is only a warning: the registry rules once vectors exist, and runs keep every registered model current."""
+    if schema_version(conn) < 8:
+        report.facts["models"] = "none registered yet (`embed-assets migrate` or the first run registers EMBED_MODEL)"
+        return set()
+    try:
+        regs = registered(conn)
+    except ConfigError as e:
+        report.fail(f"{e}; drop it with `embed-assets model drop`, or serve it here")
+        return set()
+    if not regs:
+        report.facts["models"] = "none registered yet (the first run registers EMBED_MODEL)"
+        return set()
+    report.facts["models"] = ", ".join(f"{r.model_id} ({r.state}, {r.spec.dimension} dims)" for r in regs)
+    report.facts["model"] = regs[0].model_id if regs[0].active else "none active"
+    report.facts["model_dimension"] = regs[0].spec.dimension
+    report.facts["table_dimension"] = regs[0].spec.dimension
+    checks = dict(
+        conn.execute(
+            """SELECT c.relname, pg_get_constraintdef(k.oid)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c'
+               WHERE n.nspname = %s AND c.relname = ANY(%s)""",
+            (names(conn).schema, [r.partition for r in regs]),
+        ).fetchall()
+    )
+    for r in regs:
+        if r.partition not in checks:
+            report.fail(
+                f"model {r.model_id} is registered but its table of vectors ({r.partition}) is missing; "
+                f"run `embed-assets model drop {r.model_id}` and register it again with `embed-assets model shadow`"
+            )
+        elif f"= {r.spec.dimension})" not in (checks[r.partition] or ""):
+            report.fail(
+                f"model {r.model_id} makes {r.spec.dimension}-dim vectors but its table {r.partition} is constrained "
+                f"to {checks[r.partition]}; run `embed-assets model drop {r.model_id}` and "
+                f"`embed-assets model shadow {r.spec.name}` to rebuild it"
+            )
+    if not regs[0].active:
+        report.fail(f"no model is active; run `embed-assets model activate {regs[0].model_id}`")
+    if configured is not None and configured.model_id not in {r.model_id for r in regs}:
+        report.warnings.append(
+            f"EMBED_PROVIDER/EMBED_MODEL/EMBED_DIMENSIONS name {configured.model_id}, which this database does not "
+            f"hold; it keeps {regs[0].model_id} current and serving. To move to {configured.model_id}: "
+            f"`embed-assets model shadow {configured.name}`; or set EMBED_MODEL={regs[0].spec.name}"
         )
-    others = conn.execute(
-        q(conn, "SELECT model, count(*) FROM {s}.chunk_vectors WHERE model <> %s GROUP BY model ORDER BY model"),
-        (spec.model_id,),
-    ).fetchall()
-    if others:
-        report.fail(
-            "chunk_vectors also holds vectors of other models "  # noqa: S608 (a message, not SQL)
-            f"({', '.join(f'{m}: {n}' for m, n in others)}) that search would mix with {spec.model_id}; "
-            f"delete them (DELETE FROM {names(conn).schema}.chunk_vectors WHERE model <> ...) "
-            "or switch EMBED_MODEL back"
-        )
+    return {r.spec.provider for r in regs}

@@ -1,6 +1,7 @@
 """`embed_search`: the one search path, in SQL, for the CLI and for applications (a Supabase RPC, a web app).
 
-``embed_search(query_embedding, query_text, k, recording_id DEFAULT NULL)`` over the active model:
+``embed_search(query_embedding, query_text, k, recording_id DEFAULT NULL)`` over the active model (its id is
+written into the function, which `embed-assets model activate` re-creates in the same transaction as the switch):
 - both arguments given: **hybrid**, reciprocal rank fusion of the vector ranking and a full-text ranking;
 - ``query_text`` NULL or blank: **vector** only, score = cosine similarity;
 - ``query_embedding`` NULL: **text** only, score = ts_rank.
@@ -16,11 +17,16 @@ re-measures them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg
 from psycopg import sql
 
 from embed_assets.lib.db.names import names, q
 from embed_assets.lib.indexes import IndexStrategy
+
+if TYPE_CHECKING:
+    from embed_assets.lib.models.registry import Registered
 
 # Chosen on the tune half of the development set only (README "Search"; `make eval` re-measures):
 TEXT_CONFIG = "english"  # stemming: "pricing" finds "price"
@@ -47,14 +53,14 @@ CREATE TYPE {s}.search_hit AS (recording_id text, chunk_index integer, content t
                                speakers text[], score double precision)"""
 
 _FUNCTION = """
-CREATE OR REPLACE FUNCTION {s}.embed_search(
+CREATE OR REPLACE FUNCTION {s}.{fn}(
     query_embedding {v}.vector, query_text text, k integer, recording_id text DEFAULT NULL)
 RETURNS SETOF {s}.search_hit
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = '' AS $fn$
 #variable_conflict use_column
 DECLARE
-    m    text := (SELECT a.model FROM {s}.active_model a);
-    rid  text := embed_search.recording_id;
+    m    text := {model};
+    rid  text := {fn}.recording_id;
     tsq  tsquery;
     n    integer := greatest(CANDIDATES, k);
     nc   integer;
@@ -84,7 +90,7 @@ BEGIN
                row_number() OVER (ORDER BY v.embedding OPERATOR({v}.<=>) query_embedding) AS rnk
         FROM (SELECT cv.recording_id, cv.chunk_index, cv.content_hash, cv.embedding
               FROM {s}.chunk_vectors cv
-              WHERE query_embedding IS NOT NULL AND cv.model = m AND (rid IS NULL OR cv.recording_id = rid)
+              WHERE query_embedding IS NOT NULL AND cv.model = {model} AND (rid IS NULL OR cv.recording_id = rid)
               ORDER BY COARSE
               LIMIT nc) v
         ORDER BY v.embedding OPERATOR({v}.<=>) query_embedding
@@ -123,9 +129,16 @@ BEGIN
 END $fn$"""
 
 
-def search_function_ddl(conn: psycopg.Connection, dim: int, index: IndexStrategy | None) -> sql.Composed:
-    """CREATE OR REPLACE of embed_search for a ``dim``-dimensional table under ``index`` (None: exact)."""
-    coarse = index.order_by(dim) if index else "embedding OPERATOR({v}.<=>) %(q)s"
+def search_function_ddl(
+    conn: psycopg.Connection, model: Registered | None, index: IndexStrategy | None, name: str = "embed_search"
+) -> sql.Composed:
+    """CREATE OR REPLACE of embed_search (or a function ``name`` of the same body) over ``model``'s vectors and
+    ``index`` (None: exact). The model is a literal, not a lookup: the planner then reads only that model's
+    partition of chunk_vectors, through its own index, also in plpgsql's cached generic plans."""
+    if model is None:  # nothing registered yet: a function that finds nothing
+        coarse = "embedding OPERATOR({v}.<=>) %(q)s"
+    else:
+        coarse = index.order_by(model.spec.dimension) if index else "embedding OPERATOR({v}.<=>) %(q)s"
     coarse = coarse.replace("%(q)s", "QVEC").replace("embedding", "cv.embedding").replace("QVEC", "query_embedding")
     body = (
         _FUNCTION.replace("COARSE", coarse)
@@ -140,9 +153,19 @@ def search_function_ddl(conn: psycopg.Connection, dim: int, index: IndexStrategy
         .replace("COMMON_SHARE", repr(float(COMMON_SHARE)))
         .replace("COMMON_MIN_CHUNKS", str(int(COMMON_MIN_CHUNKS)))
     )
-    return q(conn, body, schema_literal=sql.Literal(names(conn).schema))
+    return q(
+        conn,
+        body,
+        schema_literal=sql.Literal(names(conn).schema),
+        fn=sql.Identifier(name),
+        model=sql.SQL("{}::text").format(sql.Literal(model.model_id if model else None)),
+    )
 
 
-def refresh_search_function(conn: psycopg.Connection, dim: int, index: IndexStrategy | None) -> None:
-    """Re-create embed_search for the index in place, keeping its privileges (CREATE OR REPLACE does)."""
-    conn.execute(search_function_ddl(conn, dim, index))
+def refresh_search_function(conn: psycopg.Connection) -> None:
+    """Re-create embed_search for the active model and its index, keeping its privileges (CREATE OR REPLACE
+    does). Called whenever either changes, in the same transaction as the change."""
+    from embed_assets.lib.models.registry import active, index_strategy  # the registry builds on this module
+
+    model = active(conn)
+    conn.execute(search_function_ddl(conn, model, index_strategy(conn, model) if model else None))

@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from embed_assets.lib.db.connection import register_vector_types
 from embed_assets.lib.db.names import q
@@ -34,11 +35,6 @@ class Hit:
         return asdict(self)
 
 
-def active_model(conn: psycopg.Connection) -> str | None:
-    row = conn.execute(q(conn, "SELECT model FROM {s}.active_model")).fetchone()
-    return row[0] if row else None
-
-
 def search(
     conn: psycopg.Connection,
     query_vector: np.ndarray | None,
@@ -46,9 +42,11 @@ def search(
     k: int = 5,
     recording_id: str | None = None,
     mode: Mode = DEFAULT_MODE,
+    function: str = "embed_search",
 ) -> list[Hit]:
     """The k best chunks of the active model for ``mode``: ``vector`` uses only the embedding (score = cosine
-    similarity), ``text`` only the words (ts_rank_cd), ``hybrid`` fuses both rankings."""
+    similarity), ``text`` only the words (ts_rank_cd), ``hybrid`` fuses both rankings. ``function``: another
+    function of embed_search's body (a shadow model's, during `embed-assets model compare`)."""
     if mode not in MODES:
         raise ConfigError(f"search mode {mode!r} is not known; use one of {', '.join(MODES)}")
     register_vector_types(conn)
@@ -59,7 +57,8 @@ def search(
             q(
                 conn,
                 """SELECT recording_id, chunk_index, score, first_seq, last_seq, start_s, end_s, speakers, content
-                   FROM {s}.embed_search(%s::{v}.vector, %s, %s, %s)""",
+                   FROM {s}.{fn}(%s::{v}.vector, %s, %s, %s)""",
+                fn=sql.Identifier(function),
             ),
             (vec, text, k, recording_id),
         ).fetchall()

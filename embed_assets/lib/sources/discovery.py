@@ -17,22 +17,33 @@ class SourceChange:
     recording_id: str
     content_hash: str
     updated_at: datetime
-    pending: bool  # this content is not embedded yet for the model
+    models: list[str]  # registered models this content is not embedded for yet (sorted)
     failed: bool  # ... and its last attempt at this content failed (the retry schedule's business)
 
+    @property
+    def pending(self) -> bool:
+        return bool(self.models)
 
-_CHANGES = """
-    SELECT r.recording_id, r.content_hash, r.updated_at,
-           e.source_hash IS DISTINCT FROM r.content_hash,
-           EXISTS (SELECT 1 FROM {s}.recording_errors x
-                   WHERE x.recording_id = r.recording_id AND x.model = %(m)s AND x.source_hash = r.content_hash)
+
+# Pending: some registered model (the active one, or a shadow being built) has no vectors of this content yet.
+_PENDING_MODELS = """ARRAY(SELECT m.model FROM {s}.models m
+             WHERE NOT EXISTS (SELECT 1 FROM {s}.embedded_recordings e WHERE e.recording_id = r.recording_id
+                               AND e.model = m.model AND e.source_hash = r.content_hash)
+             ORDER BY m.model)"""
+_CHANGES = (
+    """
+    SELECT r.recording_id, r.content_hash, r.updated_at, """  # noqa: S608 (constant SQL, composed by q())
+    + _PENDING_MODELS
+    + """,
+           EXISTS (SELECT 1 FROM {s}.recording_errors x JOIN {s}.models m ON m.model = x.model
+                   WHERE x.recording_id = r.recording_id AND x.source_hash = r.content_hash)
     FROM {s}.recordings r
-    LEFT JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %(m)s
 """
+)
 
 
 def changes_since(
-    conn: psycopg.Connection, after: tuple[datetime, str] | None, until: datetime, model_id: str, limit: int
+    conn: psycopg.Connection, after: tuple[datetime, str] | None, until: datetime, limit: int
 ) -> list[SourceChange]:
     """Recordings new or changed after the (updated_at, recording_id) cursor and at or before ``until``
     (a settle margin behind now, so a transaction that commits a moment late is not skipped), oldest first."""
@@ -44,22 +55,24 @@ def changes_since(
             + """WHERE (r.updated_at, r.recording_id) > (%(since)s, %(id)s) AND r.updated_at <= %(until)s
                  ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
         ),
-        {"m": model_id, "since": since, "id": last_id, "until": until, "limit": limit},
+        {"since": since, "id": last_id, "until": until, "limit": limit},
     ).fetchall()
     return [SourceChange(*r) for r in rows]
 
 
-def pending_before(conn: psycopg.Connection, before: datetime, model_id: str, limit: int) -> list[SourceChange]:
+def pending_before(conn: psycopg.Connection, before: datetime, limit: int) -> list[SourceChange]:
     """Pending, never-failed recordings behind the cursor: what a very late commit could have hidden.
     Used by the periodic reconcile pass (a full scan, so not every tick)."""
     rows = conn.execute(
         q(
             conn,
             _CHANGES
-            + """WHERE r.updated_at <= %(before)s AND e.source_hash IS DISTINCT FROM r.content_hash
+            + """WHERE r.updated_at <= %(before)s AND cardinality("""
+            + _PENDING_MODELS
+            + """) > 0
                  ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
         ),
-        {"m": model_id, "before": before, "limit": limit},
+        {"before": before, "limit": limit},
     ).fetchall()
     return [SourceChange(*r) for r in rows if not r[4]]
 

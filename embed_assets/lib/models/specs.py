@@ -59,3 +59,18 @@ def resolve_model(provider: str, model: str, dimensions: int | None = None) -> M
     if not 1 <= dim <= native:
         raise ConfigError(f"EMBED_DIMENSIONS={dim} is out of range for {model}: use 1..{native}")
     return ModelSpec(provider, model, dim, native, max_tokens, tokenizer, price)
+
+
+def provider_of(name: str) -> str | None:
+    """The provider that serves a known model name here, or None."""
+    return next((p for p, m in _KNOWN if m == name), None)
+
+
+def spec_for_model_id(model_id: str, dimension: int, provider: str | None = None) -> ModelSpec:
+    """The spec behind a stored ``model`` value (``name`` or ``name@dim``), for vectors written before the
+    registry existed: the provider is the one that serves the name here (an unknown name is an
+    OpenAI-compatible endpoint's model)."""
+    name = model_id.split("@", 1)[0]
+    if provider is None:
+        provider = provider_of(name) or "openai"
+    return resolve_model(provider, name, dimension)
