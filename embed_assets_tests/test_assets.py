@@ -139,12 +139,19 @@ def test_live_probe_catches_a_wrong_key_in_the_config_check(conn, instance, fake
     assert fake_openai.seen.requests == 1  # the probe only
 
 
-def test_model_dimension_mismatch_blocks_embedding(conn, instance, fake_openai, monkeypatch) -> None:
-    monkeypatch.delenv("EMBED_DIMENSIONS")  # text-embedding-3-small is 1536-dim; the table holds 384
+def test_model_dimension_mismatch_blocks_embedding(conn, instance, fake_openai) -> None:
+    """A model's table constrained to another dimension than the model makes (a hand-made change) is really
+    inconsistent: the blocking check stops the run before any request, naming the commands that fix it."""
+    (table,) = conn.execute("SELECT vectors FROM embed_assets.models").fetchone()
+    conn.execute(f"ALTER TABLE embed_assets.{table} DROP CONSTRAINT {table}_dimension")
+    conn.execute(
+        f"ALTER TABLE embed_assets.{table} ADD CONSTRAINT {table}_dimension CHECK (vector_dims(embedding) = 1536)"
+    )
     (rid,) = load(conn, instance, [short("rec-a")])
     assert not run(instance, rid).success
     check = check_result(instance, "embedding_config_valid")
-    assert not check.passed and "holds 384-dim vectors but text-embedding-3-small makes 1536-dim" in check.description
+    assert not check.passed and "makes 384-dim vectors but its table" in check.description
+    assert "embed-assets model drop text-embedding-3-small@384" in check.description
     assert fake_openai.seen.requests == 0
 
 

@@ -69,11 +69,15 @@ def test_database_without_pgvector(db_url: str) -> None:
             c.execute("DROP ROLE IF EXISTS no_ext_role")
 
 
-def test_vectors_of_another_model_mixed_in(conn: psycopg.Connection, db_url: str) -> None:
+def test_a_configured_model_replaces_the_registered_one_only_while_no_vector_exists(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    report = check_configuration(MINI, lambda: db_url, False)  # registered: text-embedding-3-small@384, empty
+    assert report.ok and "in place of text-embedding-3-small@384" in str(report.facts["models"]), report.problems
     conn.execute("INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES ('r', 'h', 1)")
     conn.execute(
         """INSERT INTO embed_assets.chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
-           VALUES ('r', 'other-model', 0, 'h', array_fill(0.1, ARRAY[384])::vector)"""
+           VALUES ('r', 'text-embedding-3-small@384', 0, 'h', array_fill(0.1, ARRAY[384])::vector)"""
     )
-    report = check_configuration(MINI, lambda: db_url, False)
-    assert not report.ok and "other models (other-model: 1)" in report.problems[0]
+    report = check_configuration(MINI, lambda: db_url, True)
+    assert report.ok and "keeps text-embedding-3-small@384 current and serving" in report.warnings[0]

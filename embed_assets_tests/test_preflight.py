@@ -33,10 +33,29 @@ def test_a_missing_key_fails_before_any_run(conn: psycopg.Connection) -> None:
     assert len(report["problems"]) == 1 and "OPENAI_API_KEY is not set" in report["problems"][0]
 
 
-def test_a_wrong_dimension_names_the_fix(conn: psycopg.Connection) -> None:
+def test_another_model_configured_is_a_warning_naming_the_command(conn: psycopg.Connection) -> None:
+    """Once vectors exist the registry rules: a configured model of another dimension is not mixed in, nor is it
+    a reason to stop the registered one; the warning names the command that moves to it."""
+    conn.execute("INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES ('r', 'h', 1)")
+    conn.execute(
+        """INSERT INTO embed_assets.chunk_vectors (recording_id, model, chunk_index, content_hash, embedding)
+           VALUES ('r', 'text-embedding-3-small@384', 0, 'h', array_fill(0.1, ARRAY[384])::vector)"""
+    )
     env = {"EMBED_PROVIDER": "openai", "EMBED_MODEL": "text-embedding-3-small", "OPENAI_API_KEY": "sk-x"}
-    code, report = run(env=env)  # 1536 dims against the 384-dim table
-    assert code == 1 and "holds 384-dim vectors but text-embedding-3-small makes 1536-dim" in report["problems"][0]
+    code, report = run(env=env)  # 1536 dims, while text-embedding-3-small@384 holds the vectors
+    assert code == 0 and report["ok"], report
+    assert "`embed-assets model shadow text-embedding-3-small`" in report["warnings"][0]
+
+
+def test_a_table_whose_dimension_disagrees_with_its_model_names_the_fix(conn: psycopg.Connection) -> None:
+    (table,) = conn.execute("SELECT vectors FROM embed_assets.models").fetchone()
+    conn.execute(f"ALTER TABLE embed_assets.{table} DROP CONSTRAINT {table}_dimension")
+    conn.execute(
+        f"ALTER TABLE embed_assets.{table} ADD CONSTRAINT {table}_dimension CHECK (vector_dims(embedding) = 1536)"
+    )
+    code, report = run(env={"EMBED_PROVIDER": "openai", "EMBED_DIMENSIONS": "384", "OPENAI_API_KEY": "sk-x"})
+    assert code == 1 and "makes 384-dim vectors but its table" in report["problems"][0]
+    assert "`embed-assets model drop text-embedding-3-small@384`" in report["problems"][0]
 
 
 def test_an_unreachable_database(conn: psycopg.Connection) -> None:

@@ -18,6 +18,7 @@ from embed_assets.lib.search.evaluate import LabelledQuery, evaluate, random_bas
 from embed_assets.lib.search.query import search
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.support.models import reset_models
 from embed_assets_tests.test_cli import cli
 
 CALLS = {
@@ -48,6 +49,7 @@ def model():
 
 @pytest.fixture
 def loaded(conn: psycopg.Connection, model) -> Iterator[psycopg.Connection]:
+    reset_models(conn, model.spec)
     for rid, turns in CALLS.items():
         upsert_transcript(conn, Transcript(rid, tuple(Segment(s, t) for s, t in turns), title=rid))
         chunk_recording(conn, rid, model.spec, ChunkParams(24, 0))
@@ -89,6 +91,7 @@ def test_distinct_passages_come_first(conn: psycopg.Connection, model) -> None:
     come after all of them (still returned: k results whenever there are k chunks)."""
     turns = [("A", f"Point {i}: the migration plan for the billing database needs review step {i}.") for i in range(12)]
     upsert_transcript(conn, Transcript("long", tuple(Segment(s, t) for s, t in turns)))
+    reset_models(conn, model.spec)
     chunk_recording(conn, "long", model.spec, ChunkParams(40, 16))
     embed_recording(conn, "long", model, insert_batch_size=50, statement_timeout_ms=30_000)
     spans = conn.execute("SELECT first_seq, last_seq FROM embed_assets.chunks ORDER BY chunk_index").fetchall()
@@ -106,6 +109,7 @@ def test_words_in_most_chunks_are_left_out_of_a_search_over_every_recording(conn
     """Over all recordings of a large store, a word found in most chunks (by ANALYZE's statistics) would make the
     text side rank most of the table; it is left out there, and still counts within one recording. On a small
     store every word counts (there, every word is in more than 2% of the chunks)."""
+    reset_models(conn, model.spec)
     for i in range(60):
         turns = (("A", f"Quarterly planning meeting number {i} about budget topic{i}."),)
         upsert_transcript(conn, Transcript(f"m{i}", tuple(Segment(s, t) for s, t in turns)))

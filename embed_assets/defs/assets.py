@@ -206,7 +206,8 @@ def transcript_chunks(
             "tokens": sum(s.tokens for s in stats),
             "chunks_rewritten": sum(s.inserted for s in stats),
             "chunks_unchanged": sum(s.unchanged for s in stats),
-            "model": _models_label(models),
+            "model": models[0].model_id,
+            **_models_label(models),
             **_per_model(models, [s for each in per_key for s in each], _chunk_totals),
             "chunk_tokens": params[0].max_tokens,
             "chunk_overlap": params[0].overlap_tokens,
@@ -219,9 +220,12 @@ def transcript_chunks(
     )
 
 
-def _models_label(models: Sequence[Registered]) -> str:
-    """Which models a materialization belongs to, as the UI shows it: the active one first."""
-    return ", ".join(f"{m.model_id} ({m.state})" for m in models)
+def _models_label(models: Sequence[Registered]) -> dict[str, str]:
+    """Which models a materialization belongs to, as the UI shows it (`model` is the active one): with a shadow
+    model registered, every model and its state, the active one first."""
+    if len(models) < 2:
+        return {}
+    return {"model_states": ", ".join(f"{m.model_id} ({m.state})" for m in models)}
 
 
 def _chunk_totals(stats: Sequence[ChunkStats]) -> dict[str, Any]:
@@ -302,7 +306,8 @@ def chunk_embeddings(
             "embed_seconds": round(provider.seconds, 3),
             "write_seconds": round(sum(s.write_seconds for s in stats), 3),
             "adapted_recordings": dg.MetadataValue.json({s.recording_id: s.adapted for s in stats if s.adapted}),
-            "model": _models_label(models),
+            "model": active.model_id,
+            **_models_label(models),
             "provider": active.spec.provider,
             "dimension": active.spec.dimension,
             **_per_model_embeddings(results),

@@ -58,10 +58,13 @@ def embedding_config_valid(store: VectorStoreResource, embedder: EmbedderResourc
     if store._url:
         metadata["database_url"] = redact_url(store._url)
     metadata["problems"] = dg.MetadataValue.md("\n".join(f"- {p}" for p in report.problems) or "none")
+    if report.warnings:
+        metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
     return dg.AssetCheckResult(
         passed=report.ok,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(report.problems) or "configuration valid",
+        description="; ".join(report.problems)
+        or ("configuration valid" + (f" (warning: {'; '.join(report.warnings)})" if report.warnings else "")),
         metadata=metadata,
     )
 

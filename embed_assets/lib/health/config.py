@@ -12,7 +12,7 @@ from embed_assets.lib.db.migrations import check_access, schema_version
 from embed_assets.lib.db.names import names
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
-from embed_assets.lib.models.registry import registered
+from embed_assets.lib.models.registry import registered, replaces
 from embed_assets.lib.sources.external import ExternalSource
 
 
@@ -144,6 +144,11 @@ def _check_models(conn: psycopg.Connection, configured: ModelSpec | None, report
     if not regs:
         report.facts["models"] = "none registered yet (the first run registers EMBED_MODEL)"
         return set()
+    if configured is not None and replaces(conn, configured, regs):
+        report.facts["models"] = (
+            f"{configured.model_id} (the first run registers it in place of {regs[0].model_id}: no vector stored yet)"
+        )
+        return {configured.provider}
     report.facts["models"] = ", ".join(f"{r.model_id} ({r.state}, {r.spec.dimension} dims)" for r in regs)
     report.facts["model"] = regs[0].model_id if regs[0].active else "none active"
     report.facts["model_dimension"] = regs[0].spec.dimension

@@ -158,6 +158,11 @@ def remove(conn: psycopg.Connection, reg: Registered) -> None:
     conn.execute(q(conn, "DELETE FROM {s}.models WHERE model = %s"), (reg.model_id,))
 
 
+def replaces(conn: psycopg.Connection, configured: ModelSpec, regs: list[Registered]) -> bool:
+    """Whether ``configured`` takes the place of the registered model on first use (the fresh-install rule)."""
+    return configured.model_id not in {r.model_id for r in regs} and len(regs) <= 1 and not _has_vectors(conn)
+
+
 def ensure_models(conn: psycopg.Connection, configured: ModelSpec) -> list[Registered]:
     """The registered models, after applying the fresh-install rule: with no model registered, or only one that
     holds no vector yet, ``configured`` (EMBED_MODEL) becomes the registered, active model. Otherwise the
@@ -169,7 +174,7 @@ def ensure_models(conn: psycopg.Connection, configured: ModelSpec) -> list[Regis
     with conn.transaction():
         schema_lock(conn)
         regs = registered(conn)
-        if configured.model_id not in {r.model_id for r in regs} and len(regs) <= 1 and not _has_vectors(conn):
+        if replaces(conn, configured, regs):
             conn.execute(q(conn, "DELETE FROM {s}.active_model"))
             for r in regs:
                 remove(conn, r)
