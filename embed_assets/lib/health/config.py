@@ -135,6 +135,7 @@ def _check_models(conn: psycopg.Connection, configured: ModelSpec | None, report
     is only a warning: the registry rules once vectors exist, and runs keep every registered model current."""
     if schema_version(conn) < 8:
         report.facts["models"] = "none registered yet (`embed-assets migrate` or the first run registers EMBED_MODEL)"
+        report.facts["table_dimension"] = "not created yet"
         return set()
     try:
         regs = registered(conn)
@@ -143,11 +144,13 @@ def _check_models(conn: psycopg.Connection, configured: ModelSpec | None, report
         return set()
     if not regs:
         report.facts["models"] = "none registered yet (the first run registers EMBED_MODEL)"
+        report.facts["table_dimension"] = "not created yet"
         return set()
     if configured is not None and replaces(conn, configured, regs):
         report.facts["models"] = (
             f"{configured.model_id} (the first run registers it in place of {regs[0].model_id}: no vector stored yet)"
         )
+        report.facts["table_dimension"] = configured.dimension
         return {configured.provider}
     report.facts["models"] = ", ".join(f"{r.model_id} ({r.state}, {r.spec.dimension} dims)" for r in regs)
     report.facts["model"] = regs[0].model_id if regs[0].active else "none active"
