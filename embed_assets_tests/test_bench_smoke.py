@@ -34,6 +34,8 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
         "write_1000_chunks_into_2000_with_fulltext",
         "source_first_pass_60",
         "source_full_reconcile_60",
+        "models_shadow_backfill_write_ratio_2000",
+        "models_active_rows_inserted_during_shadow_only",
     ):
         assert expected in names
     data = json.loads(out.read_text())
@@ -42,3 +44,5 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
     assert 0.5 <= recall <= 1.0  # real embeddings: HNSW finds most true neighbours even at toy size
     requests = next(f for f in data if f["name"] == "e2e_cli_provider_requests")["value"]
     assert 1 <= requests < 4  # the 4 recordings of the quick run share requests
+    shadow_rows = next(f for f in data if f["name"] == "models_active_rows_inserted_during_shadow_only")["value"]
+    assert shadow_rows == 0  # a shadow model's writes never touch the active model's partition

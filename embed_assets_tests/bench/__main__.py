@@ -16,7 +16,18 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.db.connection import vector_database_url
-from embed_assets_tests.bench import e2e, providers, retrieval, scale, search, seed, sources, ui_scale, write_path
+from embed_assets_tests.bench import (
+    e2e,
+    models,
+    providers,
+    retrieval,
+    scale,
+    search,
+    seed,
+    sources,
+    ui_scale,
+    write_path,
+)
 from embed_assets_tests.bench.report import Report
 
 
@@ -39,10 +50,14 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
     parser.add_argument(
         "--only",
-        default="providers,write,search,retrieval,scale,e2e,seed,ui,sources",
+        default="providers,write,models,search,retrieval,scale,e2e,seed,ui,sources",
         help="comma-separated figure groups",
     )
     parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument(
+        "--model-vectors", type=int, default=20_000, help="active model's vectors in the shadow-model write figures"
+    )
+    parser.add_argument("--shadow-dim", type=int, default=3072, help="the shadow model's dimension (models group)")
     parser.add_argument("--docs", type=int, default=8_000)
     parser.add_argument("--recordings", type=int, default=200, help="recordings in the end-to-end backfill")
     parser.add_argument("--source-calls", type=int, default=7_000, help="calls in the user-tables source figures")
@@ -67,6 +82,16 @@ def main(argv: list[str] | None = None) -> Report:
         write_path.prepare(url, n_vectors, rng, progress)
         write_path.write_path(url, n_vectors, report, rng, progress)
         write_path.index_strategies(url, n_vectors, report, rng, progress)
+    if "models" in only:
+        models.shadow_write_cost(
+            url,
+            2_000 if args.quick else args.model_vectors,
+            report,
+            rng,
+            progress,
+            shadow_dim=args.shadow_dim,
+            reps=2 if args.quick else 5,
+        )
     if "search" in only:
         search.recall_and_latency(url, n_docs, 30 if args.quick else 200, report, progress)
     if "retrieval" in only:

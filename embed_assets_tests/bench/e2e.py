@@ -23,6 +23,7 @@ from pgvector.psycopg import register_vector
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.db.migrations import migrate
 from embed_assets.lib.models import resolve_model
+from embed_assets.lib.models.registry import ensure_models, find
 from embed_assets.lib.sample import sample_transcripts
 from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.tables import upsert_transcript
@@ -87,8 +88,11 @@ def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> t
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute("DROP TABLE IF EXISTS floor_vectors")
+        # the model's partition (its dimension check and ANN index), not the partitioned parent (no ANN index)
+        partition = find(conn, spec.model_id).partition
         conn.execute(
-            "CREATE TABLE floor_vectors (LIKE embed_assets.chunk_vectors INCLUDING INDEXES INCLUDING DEFAULTS)"
+            f"CREATE TABLE floor_vectors (LIKE embed_assets.{partition} INCLUDING INDEXES INCLUDING DEFAULTS "
+            "INCLUDING CONSTRAINTS)"
         )
         started = time.perf_counter()
         with conn.cursor().copy(
@@ -96,7 +100,7 @@ def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> t
         ) as copy:
             copy.set_types(["text", "text", "int4", "text", "vector"])
             for (rid, c), v in zip(chunks, vectors, strict=True):
-                copy.write_row((rid, f"{MODEL}@{dim}", c.chunk_index, c.content_hash, v))
+                copy.write_row((rid, spec.model_id, c.chunk_index, c.content_hash, v))
         write = time.perf_counter() - started
         conn.execute("DROP TABLE floor_vectors")
     return {"chunking": chunking, "provider": provider, "write": write}, len(chunks)
@@ -273,6 +277,7 @@ def _fresh_store(url: str, transcripts, dim: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, dim)
+        ensure_models(conn, resolve_model("openai", MODEL, dim))  # as the first run would: the floor copies its table
         for t in transcripts:
             upsert_transcript(conn, t)
 

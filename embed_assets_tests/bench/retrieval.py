@@ -19,6 +19,8 @@ import psycopg
 
 from embed_assets.lib.db.connection import register_vector_types
 from embed_assets.lib.db.migrations import migrate
+from embed_assets.lib.models import resolve_model
+from embed_assets.lib.models.registry import ensure_models
 from embed_assets.lib.store import CHUNK_COLUMNS
 from embed_assets_tests.bench.report import Figure, Report
 
@@ -97,8 +99,8 @@ def hybrid_at_scale(url: str, n_chunks: int, report: Report, rng: np.random.Gene
         conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, DIM)
         register_vector_types(conn)
+        ensure_models(conn, resolve_model("openai", "bench", DIM))  # active, its partition with the default bit index
         _fill(conn, texts[:n_chunks], rng, with_vectors=True)
-        conn.execute("INSERT INTO embed_assets.active_model (model, dimension) VALUES ('bench', %s)", (DIM,))
         conn.execute("VACUUM ANALYZE embed_assets.chunks")
         conn.execute("VACUUM ANALYZE embed_assets.chunk_vectors")
         progress(f"{n_chunks:,} chunks with vectors loaded")

@@ -14,6 +14,12 @@ from psycopg import sql
 
 from embed_assets.lib.chunking import Chunk
 from embed_assets.lib.db.migrations import migrate
+from embed_assets.lib.db.names import q
+from embed_assets.lib.indexes import STRATEGIES as INDEXES
+from embed_assets.lib.indexes import build_index, index_name
+from embed_assets.lib.models import resolve_model
+from embed_assets.lib.models.change import reindex
+from embed_assets.lib.models.registry import ensure_models, find
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.store import plan_embeddings, write_chunk_plan, write_vectors
 from embed_assets.lib.transcripts import Segment, Transcript
@@ -50,13 +56,27 @@ def _recording(conn: psycopg.Connection, rid: str, n: int) -> None:
     write_chunk_plan(conn, rid, MODEL, src_hash, "bench", chunks)
 
 
+def register(conn: psycopg.Connection, model: str = MODEL, dim: int = DIM) -> str:
+    """A fresh store's bench model, registered and active (as a fresh install's first run does); its partition."""
+    ensure_models(conn, resolve_model("openai", model, dim))
+    reg = find(conn, model)
+    assert reg is not None and reg.active
+    return reg.partition
+
+
+def drop_index(conn: psycopg.Connection, partition: str) -> None:
+    conn.execute(q(conn, "DROP INDEX IF EXISTS {s}.{i}", i=sql.Identifier(index_name(partition))))
+
+
 def prepare(url: str, n_vectors: int, rng: np.random.Generator, progress) -> None:
-    """A fresh schema holding n_vectors vectors (in 1,000-chunk recordings) and a default HNSW index."""
+    """A fresh schema holding n_vectors vectors (in 1,000-chunk recordings) of the registered bench model, whose
+    partition has pgvector's default HNSW (`vector` strategy, m=16, ef_construction=64)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS embed_assets CASCADE")
         migrate(conn, DIM)
         register_vector(conn)
-        conn.execute("DROP INDEX embed_assets.chunk_vectors_hnsw_idx")
+        partition = register(conn)
+        drop_index(conn, partition)  # loaded without the index, built once at the end
         for r in range(n_vectors // PER_RECORDING):
             rid = f"base-{r:05d}"
             conn.execute(
@@ -66,11 +86,8 @@ def prepare(url: str, n_vectors: int, rng: np.random.Generator, progress) -> Non
             _copy_rows(conn, "embed_assets.chunk_vectors", rid, unit_vectors(rng, PER_RECORDING))
             if r % 10 == 9:
                 progress(f"loaded {(r + 1) * PER_RECORDING:,} / {n_vectors:,} vectors")
-        conn.execute("SET maintenance_work_mem = '1GB'")
         started = time.perf_counter()
-        conn.execute(
-            "CREATE INDEX chunk_vectors_hnsw_idx ON embed_assets.chunk_vectors USING hnsw (embedding vector_cosine_ops)"
-        )
+        reindex(conn, MODEL, "vector")  # the partition's index, and embed_search re-created for it
         progress(f"built the HNSW index over {n_vectors:,} vectors in {time.perf_counter() - started:.1f}s")
         conn.execute("VACUUM ANALYZE embed_assets.chunk_vectors")
 
@@ -132,58 +149,63 @@ def write_path(url: str, n_vectors: int, report: Report, rng: np.random.Generato
     )
 
 
-STRATEGIES: dict[str, tuple[str, str]] = {
-    # name: (index DDL, note)
-    "vector_hnsw_m16_ef64": ("USING hnsw (embedding vector_cosine_ops)", "pgvector default"),
-    "halfvec_hnsw": (f"USING hnsw ((embedding::halfvec({DIM})) halfvec_cosine_ops)", "half-precision index"),
-    "bit_hnsw_rerank": (
-        f"USING hnsw ((binary_quantize(embedding)::bit({DIM})) bit_hamming_ops)",
-        "binary quantized + exact re-rank",
-    ),
-    "vector_hnsw_m8_ef32": ("USING hnsw (embedding vector_cosine_ops) WITH (m = 8, ef_construction = 32)", ""),
+# figure name: (the product's strategy in lib/indexes.py, extra WITH options, note)
+STRATEGIES: dict[str, tuple[str, str, str]] = {
+    "vector_hnsw_m16_ef64": ("vector", "", "pgvector default"),
+    "halfvec_hnsw": ("halfvec", "", "half-precision index"),
+    "bit_hnsw_rerank": ("bit", "", "binary quantized + exact re-rank"),
+    "vector_hnsw_m8_ef32": ("vector", "m = 8, ef_construction = 32", ""),
 }
 
 
-def _latency(conn: psycopg.Connection, name: str, rng: np.random.Generator, n: int = 60) -> tuple[float, float]:
-    """p50/p95 ms of a k=10 search shaped like the product's (re-rank for the quantized index)."""
-    ddl = STRATEGIES[name][0]
-    if "bit_hamming_ops" in ddl:
-        inner = f"binary_quantize(embedding)::bit({DIM}) <~> binary_quantize(%(q)s::vector({DIM}))"
-        limit = 100
-    elif "halfvec" in ddl:
-        inner, limit = f"embedding::halfvec({DIM}) <=> %(q)s::halfvec({DIM})", 10
-    else:
-        inner, limit = "embedding <=> %(q)s", 10
-    query = (
-        f"SELECT recording_id, chunk_index FROM (SELECT recording_id, chunk_index, embedding "  # noqa: S608
-        f"FROM embed_assets.chunk_vectors "
-        f"ORDER BY {inner} LIMIT {limit}) c ORDER BY embedding <=> %(q)s LIMIT 10"
+def _build(conn: psycopg.Connection, partition: str, name: str) -> None:
+    """The partition's index as figure ``name``'s strategy, built by the product's code (the m=8 variant, which
+    the product does not offer, is the product's DDL with the options appended)."""
+    strategy, options, _ = STRATEGIES[name]
+    with conn.transaction():
+        if not options:
+            build_index(conn, partition, strategy, DIM)
+            return
+        conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+        drop_index(conn, partition)
+        conn.execute(INDEXES[strategy].ddl(conn, partition, DIM) + sql.SQL(f" WITH ({options})"))
+
+
+def _latency(
+    conn: psycopg.Connection, partition: str, name: str, rng: np.random.Generator, n: int = 60
+) -> tuple[float, float]:
+    """p50/p95 ms of a k=10 search shaped like the product's (re-rank for the quantized index), on the
+    model's partition with the index's own distance expression."""
+    strategy = INDEXES[STRATEGIES[name][0]]
+    limit = 100 if strategy.rerank else 10
+    query = q(
+        conn,
+        "SELECT recording_id, chunk_index FROM (SELECT recording_id, chunk_index, embedding FROM {s}.{p} "  # noqa: S608
+        f"ORDER BY {strategy.order_by(DIM)} LIMIT {limit}) c "
+        "ORDER BY embedding OPERATOR({v}.<=>) %(q)s LIMIT 10",
+        p=sql.Identifier(partition),
     )
     times = []
-    for q in unit_vectors(rng, n):
+    for v in unit_vectors(rng, n):
         with conn.transaction():
             conn.execute("SET LOCAL hnsw.ef_search = 100")
             started = time.perf_counter()
-            conn.execute(query, {"q": q}).fetchall()
+            conn.execute(query, {"q": v}).fetchall()
             times.append(time.perf_counter() - started)
     times.sort()
     return times[len(times) // 2] * 1000, times[int(len(times) * 0.95)] * 1000
 
 
 def index_strategies(url: str, n_vectors: int, report: Report, rng: np.random.Generator, progress) -> None:
-    """Insert cost of one 1,000-vector recording into the N-vector table under each index strategy."""
+    """Insert cost of one 1,000-vector recording into the N-vector table under each index strategy (each the
+    bench model's partition index, as `embed-assets model reindex` builds it)."""
     vecs = unit_vectors(rng, PER_RECORDING)
     baseline = None
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute("SET maintenance_work_mem = '1GB'")
-        for i, (name, (ddl, note)) in enumerate(STRATEGIES.items()):
-            conn.execute("DROP INDEX IF EXISTS embed_assets.chunk_vectors_hnsw_idx")
-            build = _timed(
-                lambda ddl=ddl: conn.execute(
-                    sql.SQL("CREATE INDEX chunk_vectors_hnsw_idx ON embed_assets.chunk_vectors " + ddl)
-                )
-            )
+        partition = find(conn, MODEL).partition
+        for i, (name, (_, _, note)) in enumerate(STRATEGIES.items()):
+            build = _timed(lambda name=name: _build(conn, partition, name))
             rid = f"strategy-{i}"
             conn.execute(
                 "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
@@ -192,7 +214,7 @@ def index_strategies(url: str, n_vectors: int, report: Report, rng: np.random.Ge
             with conn.transaction():
                 insert = _timed(lambda rid=rid: _copy_rows(conn, "embed_assets.chunk_vectors", rid, vecs))
             baseline = baseline or insert
-            p50, p95 = _latency(conn, name, rng)
+            p50, p95 = _latency(conn, partition, name, rng)
             progress(f"{name}: build {build:.1f}s, insert {insert:.2f}s, search p50 {p50:.1f} ms p95 {p95:.1f} ms")
             report.add(
                 Figure(
@@ -206,7 +228,4 @@ def index_strategies(url: str, n_vectors: int, report: Report, rng: np.random.Ge
             )
             report.add(Figure(f"index_{name}_insert_1000", insert, "s", baseline, "default vector HNSW", note=note))
             report.add(Figure(f"index_{name}_build_{n_vectors}", build, "s"))
-        conn.execute("DROP INDEX IF EXISTS embed_assets.chunk_vectors_hnsw_idx")
-        conn.execute(
-            "CREATE INDEX chunk_vectors_hnsw_idx ON embed_assets.chunk_vectors USING hnsw (embedding vector_cosine_ops)"
-        )
+        reindex(conn, MODEL, "vector")  # back to prepare()'s index, embed_search matching it
