@@ -48,10 +48,11 @@ def configuration_report(
 
 @dg.asset_check(asset=transcript_chunks, blocking=True)
 def embedding_config_valid(store: VectorStoreResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
-    """Provider and model known, API key present (and accepted, when EMBED_PROBE=1 asks for one live
-    request), the source readable (EMBED_SOURCE), database reachable, pgvector installed, table dimension ==
-    model dimension, no other model's vectors mixed in. Blocking: when it fails, chunk_embeddings does not
-    start and nothing is paid for."""
+    """Provider and model known, API key present for every registered openai model (and accepted, when
+    EMBED_PROBE=1 asks for one live request), the source readable (EMBED_SOURCE), database reachable, pgvector
+    installed, every registered model servable here with its table constrained to its dimension, one model
+    active. A configured model that is not registered is a warning (the registry rules; `embed-assets model
+    shadow` moves to it). Blocking: when it fails, chunk_embeddings does not start and nothing is paid for."""
     probe = os.environ.get("EMBED_PROBE", "").strip().lower() in ("1", "true", "yes")
     report = configuration_report(store, embedder, probe)
     metadata: dict[str, object] = {k: str(v) for k, v in report.facts.items()}

@@ -22,7 +22,7 @@ from embed_assets.lib.db.names import names, q
 from embed_assets.lib.errors import ConfigError
 
 Access = Literal["runtime", "search"]
-SEARCH_TABLES = ("chunks", "chunk_vectors", "active_model")
+SEARCH_TABLES = ("chunks", "chunk_vectors", "active_model", "models")
 
 
 def grant(conn: psycopg.Connection, role: str, access: Access) -> list[str]:
