@@ -33,8 +33,8 @@ from embed_assets_tests.bench.write_path import (
     DIM,
     MODEL,
     PER_RECORDING,
-    _copy_rows,
     drop_index,
+    load_vectors,
     register,
     unit_vectors,
 )
@@ -145,15 +145,7 @@ def _prepare(url: str, n_vectors: int, shadow_dim: int, rng: np.random.Generator
         register_vector(conn)
         active = register(conn)  # default index strategy: bit
         drop_index(conn, active)
-        for r in range(n_vectors // PER_RECORDING):
-            rid = f"base-{r:05d}"
-            conn.execute(
-                "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
-                (rid,),
-            )
-            _copy_rows(conn, "embed_assets.chunk_vectors", rid, unit_vectors(rng, PER_RECORDING))
-            if r % 10 == 9:
-                progress(f"loaded {(r + 1) * PER_RECORDING:,} / {n_vectors:,} active vectors")
+        load_vectors(conn, n_vectors, rng, progress, "active vectors")
         started = time.perf_counter()
         reindex(conn, MODEL, "bit")
         progress(

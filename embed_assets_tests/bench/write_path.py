@@ -68,6 +68,19 @@ def drop_index(conn: psycopg.Connection, partition: str) -> None:
     conn.execute(q(conn, "DROP INDEX IF EXISTS {s}.{i}", i=sql.Identifier(index_name(partition))))
 
 
+def load_vectors(conn: psycopg.Connection, n_vectors: int, rng: np.random.Generator, progress, what: str) -> None:
+    """n_vectors random vectors of the bench model, in 1,000-vector recordings "base-NNNNN", by raw COPY."""
+    for r in range(n_vectors // PER_RECORDING):
+        rid = f"base-{r:05d}"
+        conn.execute(
+            "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
+            (rid,),
+        )
+        _copy_rows(conn, "embed_assets.chunk_vectors", rid, unit_vectors(rng, PER_RECORDING))
+        if r % 10 == 9:
+            progress(f"loaded {(r + 1) * PER_RECORDING:,} / {n_vectors:,} {what}")
+
+
 def prepare(url: str, n_vectors: int, rng: np.random.Generator, progress) -> None:
     """A fresh schema holding n_vectors vectors (in 1,000-chunk recordings) of the registered bench model, whose
     partition has pgvector's default HNSW (`vector` strategy, m=16, ef_construction=64)."""
@@ -77,15 +90,7 @@ def prepare(url: str, n_vectors: int, rng: np.random.Generator, progress) -> Non
         register_vector(conn)
         partition = register(conn)
         drop_index(conn, partition)  # loaded without the index, built once at the end
-        for r in range(n_vectors // PER_RECORDING):
-            rid = f"base-{r:05d}"
-            conn.execute(
-                "INSERT INTO embed_assets.recordings (recording_id, content_hash, segment_count) VALUES (%s, 'x', 1)",
-                (rid,),
-            )
-            _copy_rows(conn, "embed_assets.chunk_vectors", rid, unit_vectors(rng, PER_RECORDING))
-            if r % 10 == 9:
-                progress(f"loaded {(r + 1) * PER_RECORDING:,} / {n_vectors:,} vectors")
+        load_vectors(conn, n_vectors, rng, progress, "vectors")
         started = time.perf_counter()
         reindex(conn, MODEL, "vector")  # the partition's index, and embed_search re-created for it
         progress(f"built the HNSW index over {n_vectors:,} vectors in {time.perf_counter() - started:.1f}s")

@@ -104,6 +104,16 @@ def _chunk_tables(conn: psycopg.Connection, dim: int) -> None:
     )
 
 
+_VIEW = """
+    CREATE VIEW {s}.transcript_chunks AS
+    SELECT c.recording_id, c.chunk_index, c.content, c.first_seq, c.last_seq, c.start_s, c.end_s,
+           c.speakers, c.token_count, c.content_hash, c.model, v.embedding, v.embedded_at
+    FROM {s}.chunks c
+    LEFT JOIN {s}.chunk_vectors v
+      ON v.recording_id = c.recording_id AND v.model = c.model
+     AND v.chunk_index = c.chunk_index AND v.content_hash = c.content_hash"""
+
+
 def _vector_tables(conn: psycopg.Connection, dim: int) -> None:
     # Vectors, written by the chunk_embeddings asset. The content hash doubles as the "never pay twice"
     # cache key: (model, content_hash) finds a vector for identical text anywhere in the table.
@@ -138,17 +148,7 @@ def _vector_tables(conn: psycopg.Connection, dim: int) -> None:
     )
     # The SQL surface users query for RAG (DESIGN.md): a chunk and its vector, joined on the content hash
     # so a vector is never shown beside text it was not computed from.
-    _x(
-        conn,
-        """
-        CREATE VIEW {s}.transcript_chunks AS
-        SELECT c.recording_id, c.chunk_index, c.content, c.first_seq, c.last_seq, c.start_s, c.end_s,
-               c.speakers, c.token_count, c.content_hash, c.model, v.embedding, v.embedded_at
-        FROM {s}.chunks c
-        LEFT JOIN {s}.chunk_vectors v
-          ON v.recording_id = c.recording_id AND v.model = c.model
-         AND v.chunk_index = c.chunk_index AND v.content_hash = c.content_hash""",
-    )
+    _x(conn, _VIEW)
 
 
 _TOMBSTONE_FUNCTION = """
@@ -251,16 +251,6 @@ def _sources(conn: psycopg.Connection, dim: int) -> None:
                adopted_at   timestamptz NOT NULL DEFAULT now(),
                PRIMARY KEY (model, content_hash))""",
     )
-
-
-_VIEW = """
-    CREATE VIEW {s}.transcript_chunks AS
-    SELECT c.recording_id, c.chunk_index, c.content, c.first_seq, c.last_seq, c.start_s, c.end_s,
-           c.speakers, c.token_count, c.content_hash, c.model, v.embedding, v.embedded_at
-    FROM {s}.chunks c
-    LEFT JOIN {s}.chunk_vectors v
-      ON v.recording_id = c.recording_id AND v.model = c.model
-     AND v.chunk_index = c.chunk_index AND v.content_hash = c.content_hash"""
 
 
 def _models(conn: psycopg.Connection, dim: int) -> None:
