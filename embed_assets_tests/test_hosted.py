@@ -71,7 +71,7 @@ def test_a_schema_of_its_own_leaves_the_users_public_tables_untouched(hosted: Ho
             r[0]
             for r in c.execute(
                 "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE nspname = 'embed_assets' AND relkind IN ('r', 'v')"
+                "WHERE nspname = 'embed_assets' AND relkind IN ('r', 'p', 'v')"
             )
         }
         assert {"recordings", "transcript_segments", "chunks", "chunk_vectors", "transcript_chunks"} <= ours

@@ -82,6 +82,12 @@ def test_an_install_from_before_the_schema_moves_out_of_public_with_every_row(sc
         assert counts(c, "embed_assets") == before
         assert not relations_in(c, "public") & {*OURS, "schema_migrations", "transcript_chunks"}
         assert schema_version(c) == LATEST
+        # The old table is its model's partition now (no row copied), registered and active, with its index.
+        from embed_assets.lib.models.registry import coverage
+
+        [model] = coverage(c)
+        assert (model.model_id, model.state, model.dimension, model.index) == (SPEC.model_id, "active", 384, "bit")
+        assert model.vectors == before["chunk_vectors"] and model.current == 3
         # Everything still works in its new place: deletion tombstones, search over the moved vectors.
         c.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'old-2'")
         assert c.execute("SELECT recording_id FROM embed_assets.deleted_recordings").fetchall() == [("old-2",)]
