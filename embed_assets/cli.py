@@ -355,13 +355,11 @@ def embed(
 
 
 def _query_embedder(spec):
-    """A function embedding query texts with ``spec`` (the active model: queries and chunks alike)."""
-    from embed_assets.console.run import QUIET_ENV
-    from embed_assets.defs.resources import EmbedderResource
+    """A function embedding query texts with ``spec`` (the active model: queries and chunks alike); the client
+    (and a local model) is built only when a query needs it."""
+    from embed_assets.model_change import texts_embedder
 
-    for k, v in QUIET_ENV.items():  # the model's "Loading weights" bar is noise in search output
-        os.environ.setdefault(k, v)
-    embed = EmbedderResource().texts_embedder(spec)  # the client (and a local model) only when a query needs it
+    embed = texts_embedder(spec)
     return lambda texts: list(embed(texts))
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from embed_assets.lib.errors import ConfigError, InputError
 from embed_assets.lib.models import ModelSpec, resolve_model
 from embed_assets.lib.models.compare import Comparison, compare, drawn_queries
-from embed_assets.lib.models.registry import Registered, active, find
+from embed_assets.lib.models.registry import active, find
 from embed_assets.lib.models.specs import provider_of
 from embed_assets.lib.search.evaluate import load_queries
 from embed_assets.lib.settings import load_settings
@@ -20,7 +22,8 @@ def named_model(name: str, dimensions: int | None, provider: str | None) -> Mode
     return resolve_model(provider or provider_of(name) or load_settings().provider, name, dimensions)
 
 
-def texts_embedder(spec: ModelSpec) -> Callable:
+def texts_embedder(spec: ModelSpec) -> Callable[[list[str]], np.ndarray]:
+    """Query texts embedded with ``spec`` (`search`, `model compare`), without the model's loading bars."""
     import os
 
     from embed_assets.console.run import QUIET_ENV
@@ -59,7 +62,3 @@ def run_compare(
         k=k,
         progress=progress,
     )
-
-
-def describe(regs: list[Registered]) -> str:
-    return ", ".join(f"{r.model_id} ({r.state})" for r in regs)

@@ -208,7 +208,15 @@ def transcript_chunks(
             "chunks_unchanged": sum(s.unchanged for s in stats),
             "model": models[0].model_id,
             **_models_label(models),
-            **_per_model(models, [s for each in per_key for s in each], _chunk_totals),
+            **_per_model(
+                {
+                    m.model_id: {
+                        "state": m.state,
+                        **_chunk_totals([s for e in per_key for s in e if s.model == m.model_id]),
+                    }
+                    for m in models
+                }
+            ),
             "chunk_tokens": params[0].max_tokens,
             "chunk_overlap": params[0].overlap_tokens,
             "seconds": round(sum(s.seconds for each in per_key for s in each), 3),
@@ -236,12 +244,10 @@ def _chunk_totals(stats: Sequence[ChunkStats]) -> dict[str, Any]:
     }
 
 
-def _per_model(models: Sequence[Registered], stats: Sequence[Any], totals: Callable[[Sequence[Any]], dict]) -> dict:
-    """Per-model figures where more than one model is registered (a shadow is being built or kept)."""
-    if len(models) < 2:
-        return {}
-    table = {m.model_id: {"state": m.state, **totals([s for s in stats if s.model == m.model_id])} for m in models}
-    return {"models": dg.MetadataValue.json(table)}
+def _per_model(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-model figures (model id -> figures), where more than one model is registered (a shadow is being built
+    or kept)."""
+    return {"models": dg.MetadataValue.json(table)} if len(table) > 1 else {}
 
 
 @dg.asset(
@@ -310,7 +316,21 @@ def chunk_embeddings(
             **_models_label(models),
             "provider": active.spec.provider,
             "dimension": active.spec.dimension,
-            **_per_model_embeddings(results),
+            **_per_model(
+                {
+                    m.model_id: {
+                        "state": m.state,
+                        "dimension": m.spec.dimension,
+                        "embedded": sum(s.embedded for s in model_stats),
+                        "cache_hits": sum(s.cache_hits for s in model_stats),
+                        "vectors_written": sum(s.vectors_written for s in model_stats),
+                        "tokens": totals.tokens,
+                        "provider_requests": totals.requests,
+                        "estimated_cost_usd": round(totals.cost_usd(m.spec), 6),
+                    }
+                    for m, model_stats, totals in results
+                }
+            ),
             **_per_recording(results[0][1]),
         }
     )
@@ -379,22 +399,3 @@ def _raise_failures(failures: list[tuple[str, dg.Failure | dg.RetryRequested]], 
         if isinstance(e, dg.Failure):
             metadata.update({f"{model_id}: {k}": v for k, v in e.metadata.items()})
     raise _fatal("; ".join(parts), **metadata)
-
-
-def _per_model_embeddings(results: list[tuple[Registered, list[EmbedStats], ProviderTotals]]) -> dict:
-    if len(results) < 2:
-        return {}
-    table = {
-        m.model_id: {
-            "state": m.state,
-            "dimension": m.spec.dimension,
-            "embedded": sum(s.embedded for s in stats),
-            "cache_hits": sum(s.cache_hits for s in stats),
-            "vectors_written": sum(s.vectors_written for s in stats),
-            "tokens": totals.tokens,
-            "provider_requests": totals.requests,
-            "estimated_cost_usd": round(totals.cost_usd(m.spec), 6),
-        }
-        for m, stats, totals in results
-    }
-    return {"models": dg.MetadataValue.json(table)}

@@ -259,7 +259,7 @@ def _models(conn: psycopg.Connection, dim: int) -> None:
     of other models, which the configuration check refused before, move to partitions of their own). Its ANN index
     is rebuilt once with the same strategy, over an expression cast to the dimension (the column itself has none)."""
     from embed_assets.lib.indexes import STRATEGIES, build_index, default_strategy
-    from embed_assets.lib.models.registry import add_partition, set_active
+    from embed_assets.lib.models.registry import add_partition, insert_row, registered, set_active
     from embed_assets.lib.models.specs import spec_for_model_id
 
     _x(
@@ -314,14 +314,7 @@ def _models(conn: psycopg.Connection, dim: int) -> None:
     else:
         main = active[0] if active and any(m == active[0] for m, _ in counts) else counts[0][0]
         main_spec = spec_for_model_id(main, legacy_dim)
-        conn.execute(
-            q(
-                conn,
-                """INSERT INTO {s}.models (model, provider, name, dimension, vectors, chunk_tokenizer)
-                   VALUES (%s, %s, %s, %s, 'chunk_vectors_1', %s)""",
-            ),
-            (main, main_spec.provider, main_spec.name, legacy_dim, main_spec.tokenizer),
-        )
+        insert_row(conn, main_spec, "chunk_vectors_1", main_spec.tokenizer)
         for other, _ in counts:
             if other == main:
                 continue
@@ -349,8 +342,6 @@ def _models(conn: psycopg.Connection, dim: int) -> None:
     # The active model must be a registered one (a row of models), and a model is dropped only when not active.
     _x(conn, "DELETE FROM {s}.active_model a WHERE NOT EXISTS (SELECT 1 FROM {s}.models m WHERE m.model = a.model)")
     _x(conn, "ALTER TABLE {s}.active_model ADD FOREIGN KEY (model) REFERENCES {s}.models (model)")
-    from embed_assets.lib.models.registry import registered
-
     regs = registered(conn)
     if regs:
         set_active(conn, next((r for r in regs if r.active), regs[0]))

@@ -14,10 +14,11 @@ import psycopg
 
 from embed_assets.lib.db.names import q
 from embed_assets.lib.errors import ConfigError
-from embed_assets.lib.indexes import default_strategy, strategy
+from embed_assets.lib.indexes import build_index, default_strategy, strategy
 from embed_assets.lib.models.registry import (
     Registered,
     _secure,
+    active,
     add_partition,
     find,
     registered,
@@ -27,6 +28,8 @@ from embed_assets.lib.models.registry import (
     shared_tokenizer,
 )
 from embed_assets.lib.models.specs import ModelSpec
+from embed_assets.lib.search.function import refresh_search_function
+from embed_assets.lib.sources.discovery import embedded_ids
 from embed_assets.lib.tokenizers import token_counter
 
 
@@ -127,10 +130,7 @@ class Gap:
 
 
 def gap(conn: psycopg.Connection, model_id: str, active_id: str) -> Gap:
-    current = """SELECT r.recording_id FROM {s}.recordings r JOIN {s}.embedded_recordings e
-                 ON e.recording_id = r.recording_id AND e.model = %s AND e.source_hash = r.content_hash"""
-    active_ids = {row[0] for row in conn.execute(q(conn, current), (active_id,))}
-    new_ids = {row[0] for row in conn.execute(q(conn, current), (model_id,))}
+    active_ids, new_ids = embedded_ids(conn, active_id), embedded_ids(conn, model_id)
     total = conn.execute(q(conn, "SELECT count(*) FROM {s}.recordings")).fetchone()[0]
     lost = sorted(active_ids - new_ids)
     return Gap(model_id, active_id, total, len(active_ids), len(new_ids), len(lost), lost[:5])
@@ -142,13 +142,14 @@ def activate(conn: psycopg.Connection, model_id: str, force: bool = False) -> tu
     ``force``; the Gap says what search then misses."""
     with conn.transaction():
         schema_lock(conn)
-        reg = find(conn, model_id)
+        regs = registered(conn)
+        reg = next((r for r in regs if r.model_id == model_id), None)
         if reg is None:
-            known = ", ".join(r.model_id for r in registered(conn)) or "none"
+            known = ", ".join(r.model_id for r in regs) or "none"
             raise ConfigError(
                 f"{model_id} is not registered (registered: {known}); `embed-assets model shadow` it first"
             )
-        current = next((r for r in registered(conn) if r.active), None)
+        current = next((r for r in regs if r.active), None)
         if current is not None and current.model_id == model_id:
             return reg, None
         g = gap(conn, model_id, current.model_id) if current else None
@@ -187,10 +188,6 @@ def drop(conn: psycopg.Connection, model_id: str) -> int:
 def reindex(conn: psycopg.Connection, model_id: str | None, name: str) -> Registered:
     """Rebuild a model's ANN index (default: the active model's) as strategy ``name``; where it is the active
     model, embed_search is re-created for it in the same transaction (search never sees a mismatch)."""
-    from embed_assets.lib.indexes import build_index
-    from embed_assets.lib.models.registry import active
-    from embed_assets.lib.search.function import refresh_search_function
-
     with conn.transaction():
         schema_lock(conn)
         reg = find(conn, model_id) if model_id else active(conn)

@@ -116,11 +116,12 @@ def add_partition(
     )
     chosen = index or default_strategy(spec.dimension)
     build_index(conn, partition, chosen.name, spec.dimension)
-    _insert(conn, spec, partition, chunk_tokenizer)
+    insert_row(conn, spec, partition, chunk_tokenizer)
     return Registered(spec, partition, chunk_tokenizer, False)
 
 
-def _insert(conn: psycopg.Connection, spec: ModelSpec, partition: str, chunk_tokenizer: str) -> None:
+def insert_row(conn: psycopg.Connection, spec: ModelSpec, partition: str, chunk_tokenizer: str) -> None:
+    """The registry's row for ``spec`` (its partition exists, or is about to be attached)."""
     conn.execute(
         q(
             conn,
