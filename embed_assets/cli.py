@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from embed_assets.lib.errors import EmbedAssetsError
-from embed_assets.lib.settings import RECORDINGS_PER_RUN
+from embed_assets.lib.settings import CLI_WRITERS, RECORDINGS_PER_RUN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Keep call-transcript embeddings in pgvector.")
 out = Console(soft_wrap=True)  # long paths and URLs stay on one line in logs
@@ -307,6 +307,14 @@ def _sync_source(instance) -> None:
 def embed(
     all_: Annotated[bool, typer.Option("--all", help="Run every partition, not only those needing work.")] = False,
     per_run: Annotated[int, typer.Option(help="Recordings per run (partition range).", min=1)] = RECORDINGS_PER_RUN,
+    writers: Annotated[
+        int,
+        typer.Option(
+            help="Recordings written at once per run (chunk_embeddings' write_concurrency): the runs go one at a "
+            "time, so a second writer uses a database core the first leaves idle.",
+            min=1,
+        ),
+    ] = CLI_WRITERS,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also print Dagster's event log lines (always kept in the UI).")
     ] = False,
@@ -348,6 +356,7 @@ def embed(
             connect=lambda: connect(vector_database_url()),
             spec=spec,
             verbose=verbose,
+            writers=writers,
         )
     print_summary(summary, out)
     if not summary.ok:

@@ -436,3 +436,52 @@ def test_prefetching_the_next_window_writes_the_same_and_never_pays_twice(conn) 
     finally:
         embed.close()
     assert state(conn, "w3")[1] == 0 and state(conn, "w2")[1] > 0
+
+
+def test_writers_write_each_recording_on_a_connection_of_their_own_and_fail_each_on_its_turn(
+    conn, db_url: str
+) -> None:
+    ids = [f"p{i}" for i in range(8)]
+    _many(conn, ids)
+    opened: list[psycopg.Connection] = []
+
+    def connect() -> psycopg.Connection:
+        opened.append(psycopg.connect(db_url, autocommit=True))
+        return opened[-1]
+
+    class RechunksP5(HashEmbedder):  # p5 is re-chunked after the window was planned, before anything is written
+        def embed(self, texts, token_counts, progress=None):
+            with psycopg.connect(db_url, autocommit=True) as other:
+                other.execute("UPDATE embed_assets.chunk_plans SET chunked_at = now() WHERE recording_id = 'p5'")
+            return super().embed(texts, token_counts, progress)
+
+    emb = RechunksP5()
+    embed = RecordingEmbedder(
+        lambda: conn,
+        emb,
+        ids,
+        window_inputs=1000,
+        insert_batch_size=3,
+        statement_timeout_ms=30_000,
+        prefetch=True,
+        writers=2,
+        connect=connect,
+    )
+    results: dict[str, object] = {}
+    try:
+        for rid in ids:
+            try:
+                results[rid] = embed(rid)
+            except SourceChangedError as e:
+                results[rid] = e
+    finally:
+        embed.close()
+    assert len(emb.calls) == 1  # one window: all eight planned and embedded at once, then written by the writers
+    assert 1 <= len(opened) <= 2 and all(c.closed for c in opened)  # the writers' own connections, closed after
+    assert isinstance(results["p5"], SourceChangedError) and "re-chunked" in str(results["p5"])
+    assert state(conn, "p5")[1] == 0  # refused under its lock: nothing written for it
+    for rid in ids:
+        if rid != "p5":
+            s = results[rid]
+            assert s.recording_id == rid and s.vectors_written == s.chunks > 0  # each its own result, in turn
+            assert state(conn, rid) == (s.chunks,) * 3

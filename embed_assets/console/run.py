@@ -153,6 +153,7 @@ def run_embed(
     spec: ModelSpec,
     verbose: bool = False,
     out: TextIO | None = None,
+    writers: int = 1,
 ) -> Summary:
     """Run ``job`` once per block (a partition range) in this process. Dagster's per-event lines stay in the
     run's event log unless ``verbose``. Stops early when a run fails as a whole (a configuration or provider
@@ -167,6 +168,8 @@ def run_embed(
     session = _Session(summary, len(blocks), display)
     loggers: dict[str, dg.LoggerDefinition] = {LOGGER_KEY: logger_definition(session.events)}
     run_config: dict[str, Any] = {"loggers": {LOGGER_KEY: {}}}
+    if writers != 1:
+        run_config["ops"] = {"chunk_embeddings": {"config": {"write_concurrency": writers}}}
     if verbose:
         loggers["console"] = dg.colored_console_logger
         run_config["loggers"]["console"] = {"config": {"log_level": "DEBUG"}}

@@ -122,14 +122,14 @@ class _Connection:
     attempt, not every remaining recording of the run)."""
 
     def __init__(self, store: VectorStoreResource, source: ExternalSource | None = None) -> None:
-        self._connect = source.connect if source is not None else store.connect
+        self.connect: Callable[[], psycopg.Connection] = source.connect if source is not None else store.connect
         self._conn: psycopg.Connection | None = None
 
     def get(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = self._connect()
+            self._conn = self.connect()
         return self._conn
 
     def close(self) -> None:
@@ -364,10 +364,13 @@ def _embed_model(
         client,
         keys,
         window_inputs=config.embed_batch_size * config.max_concurrency,
+        first_window_inputs=config.embed_batch_size,
         insert_batch_size=config.insert_batch_size,
         statement_timeout_ms=int(config.statement_timeout_s * 1000),
         adaptive_batches=config.adaptive_batches,
         prefetch=True,
+        writers=config.write_concurrency,
+        connect=db.connect,  # the writers' own connections
         log=context.log.info,
     )
     try:

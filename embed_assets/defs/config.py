@@ -45,6 +45,12 @@ class EmbedConfig(dg.Config):
     embed_batch_size: int = Field(256, description="Max inputs per provider request (OpenAI allows 2048).")
     insert_batch_size: int = Field(100, description="Vectors per COPY statement (each under statement_timeout_s).")
     max_concurrency: int = Field(4, description="Provider requests in flight at once, per run.")
+    write_concurrency: int = Field(
+        1,
+        description="Recordings written at once, each on a connection of its own (an HNSW insert keeps a server "
+        "core busy). 1: one at a time, on the step's connection. Backfills run up to the embedding_provider pool's "
+        "limit of steps at once, each with this many writers; `embed-assets embed` runs one run at a time with 2.",
+    )
     request_timeout_s: float = Field(60.0, description="Timeout of one provider request.")
     statement_timeout_s: float = Field(30.0, description="Postgres statement timeout of the vector write session.")
     adaptive_batches: bool = Field(
@@ -75,6 +81,7 @@ SMALL_BATCH_VALUES: dict[str, Any] = {
     "embed_batch_size": 16,
     "insert_batch_size": 5,
     "max_concurrency": 1,
+    "write_concurrency": 1,
     "request_timeout_s": 180.0,
     "statement_timeout_s": 300.0,
     "max_attempts": 8,

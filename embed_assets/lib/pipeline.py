@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -23,6 +24,7 @@ from embed_assets.lib.store import (
     BatchSizer,
     EmbeddingPlan,
     PendingChunk,
+    VectorWrite,
     plan_embeddings,
     write_chunk_plan,
     write_vectors,
@@ -265,49 +267,84 @@ class RecordingEmbedder:
         keys: Sequence[str],
         *,
         window_inputs: int,
+        first_window_inputs: int | None = None,
         insert_batch_size: int,
         statement_timeout_ms: int,
         adaptive_batches: bool = False,
         prefetch: bool = False,
+        writers: int = 1,
+        connect: Callable[[], psycopg.Connection] | None = None,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._conn, self._embedder, self._keys = conn, embedder, list(keys)
         self._sizer = BatchSizer(floor=min(5, insert_batch_size)) if adaptive_batches else None
         self._position = {k: i for i, k in enumerate(self._keys)}
         self._window_inputs = max(1, window_inputs)
+        # A window embedded while nothing else is (the step's first, with prefetch) holds back the first write: it
+        # can be smaller (one request's worth), the windows after it are embedded while the writers work.
+        self._first_inputs = max(1, first_window_inputs or window_inputs)
         self._insert_batch_size, self._statement_timeout_ms = insert_batch_size, statement_timeout_ms
         self._log = log
         self._ready: dict[str, _Planned] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
         self._next: tuple[str, list[_Planned], Future[None]] | None = None  # head key, window, its embedding
+        # writers > 1: recordings are written on that many threads, each on a connection of its own (``connect``),
+        # in order of the keys; this thread plans and embeds, and returns each recording's result in turn.
+        self._writers = _Writers(max(1, writers), connect) if writers > 1 and connect is not None else None
+        self._writing: dict[str, Future[tuple[_Planned, VectorWrite]]] = {}
         self.totals = ProviderTotals()
 
     def close(self) -> None:
-        """Stop prefetching: a window not started is cancelled, one in flight is waited for."""
+        """Stop prefetching: a window not started is cancelled, one in flight is waited for; writes not started
+        are cancelled, those in flight finish (each is a transaction of its own) and their connections close."""
         if self._pool is not None:
             if self._next is not None:
                 self._next[2].cancel()
                 self._next = None
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._writers is not None:
+            self._writing.clear()
+            self._writers.close()
 
     def __call__(self, recording_id: str) -> EmbedStats:
-        if recording_id not in self._ready:
-            self._fill(recording_id)
-        planned = self._ready.pop(recording_id)
-        w = write_vectors(
-            self._conn(),
-            planned.plan,
-            planned.vectors,
-            insert_batch_size=self._insert_batch_size,
-            statement_timeout_ms=self._statement_timeout_ms,
-            sizer=self._sizer,
-        )
+        if self._writers is None:
+            if recording_id not in self._ready:
+                self._fill(recording_id)
+            planned = self._ready.pop(recording_id)
+            w = self._write(self._conn(), planned)
+        else:
+            if recording_id not in self._writing:
+                if recording_id not in self._ready:
+                    self._fill(recording_id)
+                self._submit(recording_id)
+            self._submit_ready()  # the window's next recordings, so every writer stays busy
+            planned, w = self._writing.pop(recording_id).result()  # its error is this recording's
         stats = planned.stats
         stats.vectors_written, stats.vectors_deleted = w.written, w.deleted
         stats.insert_statements, stats.write_seconds, stats.adapted = w.statements, w.seconds, w.adapted
         if w.adapted:
             self._log(f"{recording_id}: smaller insert batches to stay under the statement timeout: {w.adapted}")
         return stats
+
+    def _write(self, conn: psycopg.Connection, planned: _Planned) -> VectorWrite:
+        return write_vectors(
+            conn,
+            planned.plan,
+            planned.vectors,
+            insert_batch_size=self._insert_batch_size,
+            statement_timeout_ms=self._statement_timeout_ms,
+            sizer=self._sizer,
+        )
+
+    def _submit(self, recording_id: str) -> None:
+        assert self._writers is not None
+        planned = self._ready.pop(recording_id)
+        self._writing[recording_id] = self._writers.submit(lambda conn: (planned, self._write(conn, planned)))
+
+    def _submit_ready(self) -> None:
+        """Queue the planned recordings, in key order (the writers take them first come, first served)."""
+        for key in sorted(self._ready, key=lambda k: self._position.get(k, len(self._keys))):
+            self._submit(key)
 
     def _plan(self, recording_id: str) -> _Planned:
         plan = plan_embeddings(self._conn(), recording_id, self._embedder.spec.model_id)
@@ -325,7 +362,7 @@ class RecordingEmbedder:
             if ahead is not None:
                 ahead[2].cancel()
                 wait([ahead[2]])
-            window = self._window(recording_id)
+            window = self._window(recording_id, self._first_inputs if self._pool is not None else None)
             self._embed(window)
         self._ready = {p.plan.recording_id: p for p in window}
         if self._pool is not None:
@@ -353,11 +390,11 @@ class RecordingEmbedder:
         assert self._pool is not None
         self._next = (head, ahead, self._pool.submit(self._embed, ahead))
 
-    def _window(self, recording_id: str) -> list[_Planned]:
+    def _window(self, recording_id: str, inputs: int | None = None) -> list[_Planned]:
         window = [self._plan(recording_id)]  # the caller's own recording: its errors are its own
-        pending = len(window[0].plan.to_embed)
+        pending, limit = len(window[0].plan.to_embed), inputs or self._window_inputs
         for key in self._keys[self._position.get(recording_id, len(self._keys)) + 1 :]:
-            if pending >= self._window_inputs:
+            if pending >= limit:
                 break
             try:
                 window.append(self._plan(key))
@@ -394,6 +431,36 @@ class RecordingEmbedder:
         for p in window:
             p.vectors.update({c.chunk_index: (c.content_hash, by_hash[c.content_hash]) for c in p.plan.to_embed})
         self.totals.add(total, result)
+
+
+class _Writers:
+    """Threads that each write on a connection of their own (opened on first use, replaced when the server drops
+    it, closed with the pool)."""
+
+    def __init__(self, n: int, connect: Callable[[], psycopg.Connection]) -> None:
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="write")
+        self._connect, self._local, self._lock = connect, threading.local(), threading.Lock()
+        self._opened: list[psycopg.Connection] = []
+
+    def _conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._opened.append(conn)
+        return conn
+
+    def submit(self, work: Callable[[psycopg.Connection], Any]) -> Future[Any]:
+        return self._pool.submit(lambda: work(self._conn()))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
 
 
 def embed_recording(
