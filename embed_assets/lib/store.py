@@ -22,7 +22,7 @@ from embed_assets.lib.db.names import q
 from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.sources.formats import UnreadableSourceRow
-from embed_assets.lib.sources.tables import lock_recording
+from embed_assets.lib.sources.tables import LOCK_RECORDING, lock_recording
 
 
 class SourceChangedError(EmbedAssetsError):
@@ -63,8 +63,17 @@ def write_chunk_plan(
     """Replace the recording's chunk rows for ``model_id`` with ``chunks``, touching only changed rows."""
     with conn.transaction():
         lock_recording(conn, recording_id)
-        row = conn.execute(
-            q(conn, "SELECT content_hash FROM {s}.recordings WHERE recording_id = %s"), (recording_id,)
+        row = conn.execute(  # the source's hash and the chunks in place, in one round trip
+            q(
+                conn,
+                """SELECT r.content_hash,
+                      (SELECT coalesce(array_agg(c.chunk_index ORDER BY c.chunk_index), '{{}}') FROM {s}.chunks c
+                       WHERE c.recording_id = r.recording_id AND c.model = %(m)s),
+                      (SELECT coalesce(array_agg(c.content_hash ORDER BY c.chunk_index), '{{}}') FROM {s}.chunks c
+                       WHERE c.recording_id = r.recording_id AND c.model = %(m)s)
+               FROM {s}.recordings r WHERE r.recording_id = %(r)s""",
+            ),
+            {"r": recording_id, "m": model_id},
         ).fetchone()
         if row is None:
             raise RecordingDeletedError(f"recording {recording_id!r} was deleted from the source while chunking")
@@ -72,12 +81,7 @@ def write_chunk_plan(
             raise SourceChangedError(
                 f"recording {recording_id!r} changed in the source while chunking; re-run its partition"
             )
-        existing = dict(
-            conn.execute(
-                q(conn, "SELECT chunk_index, content_hash FROM {s}.chunks WHERE recording_id = %s AND model = %s"),
-                (recording_id, model_id),
-            ).fetchall()
-        )
+        existing = dict(zip(row[1], row[2], strict=True))
         wanted = {c.chunk_index: c for c in chunks}
         stale = [i for i, h in existing.items() if i not in wanted or wanted[i].content_hash != h]
         new = [c for c in chunks if existing.get(c.chunk_index) != c.content_hash]
@@ -280,28 +284,31 @@ def write_vectors(
         return VectorWrite(0, 0, 0, time.perf_counter() - started)
     register_vector_types(conn)
     with conn.transaction():
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
-        lock_recording(conn, plan.recording_id)
-        current = conn.execute(
-            q(conn, "SELECT chunked_at FROM {s}.chunk_plans WHERE recording_id = %s AND model = %s"),
-            (plan.recording_id, plan.model_id),
+        conn.execute(  # the session's timeout for this transaction, then the recording's lock (one round trip)
+            f"SELECT set_config('statement_timeout', %s, true), {LOCK_RECORDING}",
+            (str(statement_timeout_ms), plan.recording_id),
+        )
+        current = conn.execute(  # read under the lock: the plan in force and the model's dimension
+            q(
+                conn,
+                """SELECT (SELECT chunked_at FROM {s}.chunk_plans WHERE recording_id = %(r)s AND model = %(m)s),
+                      (SELECT dimension FROM {s}.models WHERE model = %(m)s)""",
+            ),
+            {"r": plan.recording_id, "m": plan.model_id},
         ).fetchone()
-        if current is None:
+        if current[0] is None:
             _raise_if_deleted(conn, plan.recording_id)
-        if current is None or current[0] != plan.chunked_at:
+        if current[0] is None or current[0] != plan.chunked_at:
             raise SourceChangedError(
                 f"recording {plan.recording_id!r} was re-chunked or deleted during embedding; "
                 "nothing was written, re-run its partition"
             )
-        registered = conn.execute(
-            q(conn, "SELECT dimension FROM {s}.models WHERE model = %s"), (plan.model_id,)
-        ).fetchone()
-        if registered is None:
+        if current[1] is None:
             raise ConfigError(
                 f"model {plan.model_id!r} is not registered in this database, so it has no table of vectors; "
                 f"nothing was written. Register it with `embed-assets model shadow {plan.model_id.split('@')[0]}`"
             )
-        dim = registered[0]
+        dim = current[1]
         for idx, (_, vec) in rows.items():
             if vec.shape != (dim,):
                 raise ConfigError(
@@ -309,28 +316,27 @@ def write_vectors(
                     f"{plan.model_id} is registered with {dim} dimensions; nothing was written. Check the "
                     "provider's model (OPENAI_BASE_URL) and EMBED_DIMENSIONS"
                 )
-        # Delete vectors of chunks that changed or no longer exist (only those: deletes churn the index).
-        deleted = conn.execute(
+        # Delete vectors of chunks that changed or no longer exist (only those: deletes churn the index), and read
+        # what stays: a concurrent run of the same partition may have written some of these rows already (skipped).
+        # The SELECT sees the rows as they were before the DELETE of the same statement, less those it deletes.
+        kept = conn.execute(
             q(
                 conn,
-                """DELETE FROM {s}.chunk_vectors v
-               WHERE v.recording_id = %s AND v.model = %s
-                 AND NOT EXISTS (SELECT 1 FROM {s}.chunks c
-                                 WHERE c.recording_id = v.recording_id AND c.model = v.model
-                                   AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash)""",
+                """WITH gone AS (
+                   DELETE FROM {s}.chunk_vectors v
+                   WHERE v.recording_id = %(r)s AND v.model = %(m)s
+                     AND NOT EXISTS (SELECT 1 FROM {s}.chunks c
+                                     WHERE c.recording_id = v.recording_id AND c.model = v.model
+                                       AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash)
+                   RETURNING v.chunk_index)
+               SELECT v.chunk_index, v.content_hash,
+                      NOT EXISTS (SELECT 1 FROM gone WHERE gone.chunk_index = v.chunk_index)
+               FROM {s}.chunk_vectors v WHERE v.recording_id = %(r)s AND v.model = %(m)s""",
             ),
-            (plan.recording_id, plan.model_id),
-        ).rowcount
-        # A concurrent run of the same partition may have written some of these rows already: skip them.
-        have = dict(
-            conn.execute(
-                q(
-                    conn,
-                    "SELECT chunk_index, content_hash FROM {s}.chunk_vectors WHERE recording_id = %s AND model = %s",
-                ),
-                (plan.recording_id, plan.model_id),
-            ).fetchall()
-        )
+            {"r": plan.recording_id, "m": plan.model_id},
+        ).fetchall()
+        have = {i: h for i, h, stays in kept if stays}
+        deleted = len(kept) - len(have)
         items = sorted((i, r) for i, r in rows.items() if have.get(i) != r[0])
         statements, start, smallest = 0, 0, max(1, insert_batch_size)
         timeout_s = statement_timeout_ms / 1000
@@ -352,20 +358,17 @@ def write_vectors(
                 smallest = min(smallest, n)
             statements += 1
             start += len(batch)
-        conn.execute(
-            q(conn, "DELETE FROM {s}.recording_errors WHERE recording_id = %s AND model = %s"),
-            (plan.recording_id, plan.model_id),
-        )
-        conn.execute(
+        conn.execute(  # its error cleared and the recording marked embedded, in one statement
             q(
                 conn,
-                """INSERT INTO {s}.embedded_recordings (recording_id, model, source_hash, chunk_count)
-               VALUES (%s, %s, %s, %s)
+                """WITH cleared AS (DELETE FROM {s}.recording_errors WHERE recording_id = %(r)s AND model = %(m)s)
+               INSERT INTO {s}.embedded_recordings (recording_id, model, source_hash, chunk_count)
+               VALUES (%(r)s, %(m)s, %(h)s, %(n)s)
                ON CONFLICT (recording_id, model) DO UPDATE
                SET source_hash = EXCLUDED.source_hash, chunk_count = EXCLUDED.chunk_count,
                    embedded_at = now()""",
             ),
-            (plan.recording_id, plan.model_id, plan.source_hash, plan.chunk_count),
+            {"r": plan.recording_id, "m": plan.model_id, "h": plan.source_hash, "n": plan.chunk_count},
         )
     adapted = ""
     if sizer and smallest < insert_batch_size and len(items) > smallest:

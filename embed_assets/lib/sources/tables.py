@@ -14,9 +14,13 @@ from embed_assets.lib.transcripts import Segment, Transcript
 LoadStatus = Literal["loaded", "unchanged", "changed"]
 
 
+# The recording's transaction-scoped lock, as an expression of one parameter (the recording id).
+LOCK_RECORDING = "pg_advisory_xact_lock(hashtextextended(%s, 7))"
+
+
 def lock_recording(conn: psycopg.Connection, recording_id: str) -> None:
     """Serialize writers of one recording (loads, chunk and vector writes) until the transaction ends."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", (recording_id,))
+    conn.execute(f"SELECT {LOCK_RECORDING}", (recording_id,))
 
 
 def upsert_transcript(conn: psycopg.Connection, t: Transcript) -> LoadStatus:
@@ -73,20 +77,17 @@ class SourceRecording:
 
 
 def read_recording(conn: psycopg.Connection, recording_id: str) -> SourceRecording | None:
-    """A consistent snapshot of one recording's segments (None when it is not in the source)."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = conn.execute(
-            q(conn, "SELECT content_hash FROM {s}.recordings WHERE recording_id = %s"), (recording_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        segs = conn.execute(
-            q(
-                conn,
-                """SELECT speaker, text, start_s, end_s, seq FROM {s}.transcript_segments
-               WHERE recording_id = %s ORDER BY seq""",
-            ),
-            (recording_id,),
-        ).fetchall()
-    return SourceRecording(recording_id, row[0], tuple(Segment(*s) for s in segs))
+    """A consistent snapshot of one recording's segments (None when it is not in the source): one statement,
+    so one snapshot, and one round trip."""
+    rows = conn.execute(
+        q(
+            conn,
+            """SELECT r.content_hash, s.speaker, s.text, s.start_s, s.end_s, s.seq
+           FROM {s}.recordings r LEFT JOIN {s}.transcript_segments s ON s.recording_id = r.recording_id
+           WHERE r.recording_id = %s ORDER BY s.seq""",
+        ),
+        (recording_id,),
+    ).fetchall()
+    if not rows:
+        return None
+    return SourceRecording(recording_id, rows[0][0], tuple(Segment(*r[1:]) for r in rows if r[5] is not None))
