@@ -438,9 +438,7 @@ def test_prefetching_the_next_window_writes_the_same_and_never_pays_twice(conn) 
     assert state(conn, "w3")[1] == 0 and state(conn, "w2")[1] > 0
 
 
-def test_writers_write_each_recording_on_a_connection_of_their_own_and_fail_each_on_its_turn(
-    conn, db_url: str
-) -> None:
+def test_writers_write_each_recording_on_a_connection_of_their_own_and_fail_each_on_its_turn(conn, db_url: str) -> None:
     ids = [f"p{i}" for i in range(8)]
     _many(conn, ids)
     opened: list[psycopg.Connection] = []
