@@ -44,6 +44,23 @@ CHUNK_COLUMNS = (
 )
 
 
+def chunk_row(recording_id: str, model_id: str, c: Chunk) -> tuple:
+    """A chunk as a row of ``CHUNK_COLUMNS``."""
+    return (
+        recording_id,
+        model_id,
+        c.chunk_index,
+        c.content,
+        c.first_seq,
+        c.last_seq,
+        c.start_s,
+        c.end_s,
+        list(c.speakers),
+        c.token_count,
+        c.content_hash,
+    )
+
+
 @dataclass(frozen=True)
 class PlanWrite:
     chunks: int
@@ -95,22 +112,7 @@ def write_chunk_plan(
                 conn,
                 "chunks",
                 CHUNK_COLUMNS,
-                [
-                    (
-                        recording_id,
-                        model_id,
-                        c.chunk_index,
-                        c.content,
-                        c.first_seq,
-                        c.last_seq,
-                        c.start_s,
-                        c.end_s,
-                        list(c.speakers),
-                        c.token_count,
-                        c.content_hash,
-                    )
-                    for c in new
-                ],
+                [chunk_row(recording_id, model_id, c) for c in new],
             )
         conn.execute(
             q(

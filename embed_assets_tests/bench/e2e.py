@@ -29,7 +29,7 @@ from embed_assets.lib.models.registry import ensure_models, find
 from embed_assets.lib.sample import sample_transcripts
 from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.tables import upsert_transcript
-from embed_assets.lib.store import CHUNK_COLUMNS
+from embed_assets.lib.store import CHUNK_COLUMNS, chunk_row
 from embed_assets.lib.tokenizers import token_counter
 from embed_assets_tests.bench.report import Figure, Report, environment
 from embed_assets_tests.support.dagster_dev import DagsterDev, fresh_database, make_home
@@ -96,21 +96,7 @@ def floors(url: str, transcripts, server: FakeOpenAI, dim: int, batch: int) -> t
         started = time.perf_counter()
         with conn.cursor().copy(f"COPY floor_chunks ({', '.join(CHUNK_COLUMNS)}) FROM STDIN") as copy:
             for rid, c in chunks:
-                copy.write_row(
-                    (
-                        rid,
-                        spec.model_id,
-                        c.chunk_index,
-                        c.content,
-                        c.first_seq,
-                        c.last_seq,
-                        c.start_s,
-                        c.end_s,
-                        list(c.speakers),
-                        c.token_count,
-                        c.content_hash,
-                    )
-                )
+                copy.write_row(chunk_row(rid, spec.model_id, c))
         chunk_rows = time.perf_counter() - started
         conn.execute("DROP TABLE floor_chunks")
     texts = [c.content for _, c in chunks]
