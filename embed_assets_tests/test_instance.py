@@ -90,3 +90,48 @@ def test_a_users_setting_of_the_batch_size_is_kept(conn, project_home, fake_open
             assert _stored_materializations(instance, key) == ids
     finally:
         instance.dispose()
+
+
+def test_a_runs_planned_events_go_in_one_insert_and_failed_partitions_still_show_failed(
+    conn, project_home, fake_openai, monkeypatch
+) -> None:
+    instance = dg.DagsterInstance.from_config(project_home)
+    try:
+        storage = instance.event_log_storage
+        original, inserts = storage._store_planned, []
+
+        def recording(events):
+            if len(events) > 1:
+                inserts.append(
+                    [(e.dagster_event.asset_key.to_user_string(), e.dagster_event.partition) for e in events]
+                )
+            return original(events)
+
+        monkeypatch.setattr(storage, "_store_planned", recording)
+        ids = [f"plan-{i}" for i in range(3)]
+        for rid in ids[:2]:  # plan-2 is registered but not in the source: its run fails
+            upsert_transcript(conn, Transcript(rid, (Segment("A", f"{rid} about pricing"),)))
+        instance.add_dynamic_partitions("recordings", ids)
+        job = defs.resolve_job_def("embed_recordings")
+        tags = {"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]}
+        first = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        assert not first.success
+        # every partition of both assets planned, each once, in one insert
+        assert len(inserts) == 1 and sorted(inserts[0]) == sorted((k.to_user_string(), r) for k in ASSETS for r in ids)
+        for key in ASSETS:
+            planned = instance.get_event_records(
+                dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, asset_key=key), limit=100
+            )
+            assert sorted(r.partition_key for r in planned) == ids
+            assert instance.get_asset_records([key])[0].asset_entry.last_run_id == first.run_id
+            status = instance.get_status_by_partition(key, ids, defs.resolve_assets_def(key).partitions_def)
+            assert status == dict.fromkeys(ids, dg.AssetPartitionStatus.FAILED)  # planned in a failed run
+        upsert_transcript(conn, Transcript("plan-2", (Segment("A", "plan-2 about pricing"),)))
+        second = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        assert second.success
+        for key in ASSETS:
+            status = instance.get_status_by_partition(key, ids, defs.resolve_assets_def(key).partitions_def)
+            assert status == dict.fromkeys(ids, dg.AssetPartitionStatus.MATERIALIZED)
+            assert instance.get_asset_records([key])[0].asset_entry.last_run_id == second.run_id
+    finally:
+        instance.dispose()
