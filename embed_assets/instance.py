@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 from dagster._core.events.log import EventLogEntry
@@ -99,16 +100,12 @@ class EmbedEventLogStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresEventLogS
         event by event, each an insert, a NOTIFY and an upsert of the asset's row. Here a run of consecutive
         planned events goes in one insert, and each asset's row is upserted once, from its last event: what
         the event-by-event path leaves, as those upserts set absolute values (the run id and the event's
-        time). Every other event keeps Dagster's path, in order."""
-        pending: list[EventLogEntry] = []
-        for event in events:
-            if event.is_dagster_event and event.get_dagster_event().is_asset_materialization_planned:
-                pending.append(event)
-                continue
-            self._store_planned(pending)
-            pending = []
-            super().store_event_batch([event])
-        self._store_planned(pending)
+        time). Every other run of events keeps Dagster's path, in order."""
+        for planned, run in groupby(events, key=_is_planned):
+            if planned:
+                self._store_planned(list(run))
+            else:
+                super().store_event_batch(list(run))  # materializations: one insert, as Dagster does
 
     def _store_planned(self, events: list[EventLogEntry]) -> None:
         if len(events) < 2:
@@ -125,6 +122,10 @@ class EmbedEventLogStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresEventLogS
             self._store_asset_event_tags(conn, events, ids)  # none for planned events today; kept as Dagster does
             for event, event_id in last.values():
                 self._store_asset_event(conn, event, event_id)
+
+
+def _is_planned(event: EventLogEntry) -> bool:
+    return event.is_dagster_event and event.get_dagster_event().is_asset_materialization_planned
 
 
 class EmbedScheduleStorage(_ResolvedWhenLoaded, PostgresScheduleStorage):

@@ -64,6 +64,14 @@ def test_a_range_run_stores_each_steps_materializations_in_one_batch(
     instance = dg.DagsterInstance.from_config(project_home)  # its event storage turns batching on
     try:
         batches = _spy_batches(instance, monkeypatch)
+        storage, inserts = instance.event_log_storage, []
+        prepare = storage.prepare_insert_event_batch
+
+        def insert(events):  # what each insert statement carries
+            inserts.append(sorted(e.dagster_event.partition for e in events if e.dagster_event.is_step_materialization))
+            return prepare(events)
+
+        monkeypatch.setattr(storage, "prepare_insert_event_batch", insert)
         ids = _range_run(conn, instance, 4)
         materialized = [
             sorted(e.dagster_event.partition for e in batch)
@@ -71,6 +79,7 @@ def test_a_range_run_stores_each_steps_materializations_in_one_batch(
             if {e.dagster_event_type for e in batch} == {dg.DagsterEventType.ASSET_MATERIALIZATION}
         ]
         assert materialized == [ids, ids]  # one batch per asset, each with every partition
+        assert [i for i in inserts if i] == [ids, ids]  # each batch in one insert statement, not one per event
         for key in ASSETS:
             assert _stored_materializations(instance, key) == ids  # each stored exactly once
             status = instance.get_status_by_partition(key, ids, defs.resolve_assets_def(key).partitions_def)
