@@ -154,6 +154,12 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                 launched = time.time()
                 backfill_id = launch_backfill(dev, keys)
                 _wait(instance, backfill_id, progress)
+            # The floors again (they create tables of their own): a floor is the least a stage takes, and this
+            # machine's speed drifts over minutes (the first measurement, right after the store was rebuilt, has
+            # run up to 1.6x slower than the second). Each stage's floor is the lesser of the two.
+            again, _ = floors(url, transcripts, server, dim, batch)
+            progress("floors again: " + ", ".join(f"{k} {v:.2f}s" for k, v in again.items()))
+            floor = {k: min(v, again[k]) for k, v in floor.items()}
             _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, report)
             runs = len(instance.get_run_ids())
             report.add(
@@ -400,7 +406,7 @@ def _report(instance, backfill_id, launched, n, n_chunks, floor, url, dim, repor
     )
     first_run = min(r.create_timestamp.timestamp() for r in runs) - launched
     for stage, seconds in floor.items():
-        report.add(Figure(f"e2e_floor_{stage}", seconds, "s"))
+        report.add(Figure(f"e2e_floor_{stage}", seconds, "s", note="the lesser of two measurements"))
     report.add(
         Figure(
             "e2e_backfill_wall",
