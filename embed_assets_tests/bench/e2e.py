@@ -154,6 +154,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                 launched = time.time()
                 backfill_id = launch_backfill(dev, keys)
                 _wait(instance, backfill_id, progress)
+                backfill_requests = server.seen.ok - requests_before  # before the floors below send theirs
             # The floors again (they create tables of their own): a floor is the least a stage takes, and this
             # machine's speed drifts over minutes (the first measurement, right after the store was rebuilt, has
             # run up to 1.6x slower than the second). Each stage's floor is the lesser of the two.
@@ -172,7 +173,7 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                     f"{os.environ.get('EMBED_DB_POOL_SIZE', '2')} (README 'Deploy on Supabase')",
                 )
             )
-            report.add(_requests_figure("e2e_backfill_provider_requests", server.seen.ok - requests_before, n))
+            report.add(_requests_figure("e2e_backfill_provider_requests", backfill_requests, n))
             instance.dispose()
             progress("the same recordings through `embed-assets embed` (runs in one process, no daemon)")
             _fresh_store(url, transcripts, dim)
