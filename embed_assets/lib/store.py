@@ -83,12 +83,12 @@ def write_chunk_plan(
         row = conn.execute(  # the source's hash and the chunks in place, in one round trip
             q(
                 conn,
-                """SELECT r.content_hash,
-                      (SELECT coalesce(array_agg(c.chunk_index ORDER BY c.chunk_index), '{{}}') FROM {s}.chunks c
-                       WHERE c.recording_id = r.recording_id AND c.model = %(m)s),
-                      (SELECT coalesce(array_agg(c.content_hash ORDER BY c.chunk_index), '{{}}') FROM {s}.chunks c
-                       WHERE c.recording_id = r.recording_id AND c.model = %(m)s)
-               FROM {s}.recordings r WHERE r.recording_id = %(r)s""",
+                """SELECT r.content_hash, coalesce(c.indexes, '{{}}'), coalesce(c.hashes, '{{}}')
+               FROM {s}.recordings r
+               CROSS JOIN LATERAL (SELECT array_agg(chunk_index ORDER BY chunk_index) AS indexes,
+                                          array_agg(content_hash ORDER BY chunk_index) AS hashes
+                                   FROM {s}.chunks WHERE recording_id = r.recording_id AND model = %(m)s) c
+               WHERE r.recording_id = %(r)s""",
             ),
             {"r": recording_id, "m": model_id},
         ).fetchone()
@@ -282,7 +282,11 @@ def write_vectors(
     timeout), each under ``statement_timeout_ms``."""
     started = time.perf_counter()
     rows = {**plan.cached, **vectors}
-    if not rows and plan.vector_count == plan.in_place == plan.chunk_count and _mark_unchanged(conn, plan):
+    # A recording whose every vector is in place, and no other: the marker alone, one statement instead of the
+    # write transaction (the unchanged re-run was ~3 ms per recording of queries, `make bench`). No lock needed:
+    # nothing is written but the marker, and a re-chunk that commits first makes its plan check fail, which sends
+    # the recording down the full path (which reports what changed).
+    if not rows and plan.vector_count == plan.in_place == plan.chunk_count and _mark_embedded(conn, plan):
         return VectorWrite(0, 0, 0, time.perf_counter() - started)
     register_vector_types(conn)
     with conn.transaction():
@@ -360,18 +364,7 @@ def write_vectors(
                 smallest = min(smallest, n)
             statements += 1
             start += len(batch)
-        conn.execute(  # its error cleared and the recording marked embedded, in one statement
-            q(
-                conn,
-                """WITH cleared AS (DELETE FROM {s}.recording_errors WHERE recording_id = %(r)s AND model = %(m)s)
-               INSERT INTO {s}.embedded_recordings (recording_id, model, source_hash, chunk_count)
-               VALUES (%(r)s, %(m)s, %(h)s, %(n)s)
-               ON CONFLICT (recording_id, model) DO UPDATE
-               SET source_hash = EXCLUDED.source_hash, chunk_count = EXCLUDED.chunk_count,
-                   embedded_at = now()""",
-            ),
-            {"r": plan.recording_id, "m": plan.model_id, "h": plan.source_hash, "n": plan.chunk_count},
-        )
+        _mark_embedded(conn, plan)  # its plan was checked under the lock above, so this marks it
     adapted = ""
     if sizer and smallest < insert_batch_size and len(items) > smallest:
         adapted = (
@@ -382,12 +375,9 @@ def write_vectors(
     return VectorWrite(len(items), max(deleted, 0), statements, time.perf_counter() - started, adapted)
 
 
-def _mark_unchanged(conn: psycopg.Connection, plan: EmbeddingPlan) -> bool:
-    """A recording whose every vector is in place, and no other: one statement instead of the write
-    transaction's eight (the unchanged re-run was ~3 ms per recording of queries, `make bench`). Marks it
-    embedded and clears its error only if its chunk plan is still the one diffed; False sends the caller
-    down the full path (which reports what changed). No lock needed: nothing is written but the marker, and
-    a re-chunk that commits first makes the plan check fail."""
+def _mark_embedded(conn: psycopg.Connection, plan: EmbeddingPlan) -> bool:
+    """Mark the recording embedded for the plan's model and clear its error, in one statement, only if its chunk
+    plan is still the one diffed; False when it is not (nothing is changed then)."""
     return (
         conn.execute(
             q(
