@@ -12,6 +12,7 @@ import psycopg
 from embed_assets.defs.config import ChunkConfig, EmbedConfig
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.lib.db.connection import Reconnecting
 from embed_assets.lib.embedders.base import LazyEmbedder
 from embed_assets.lib.errors import (
     ConfigError,
@@ -117,24 +118,11 @@ def _run_each(
     return results
 
 
-class _Connection:
-    """One connection per step, replaced when the server drops it (a restart must cost one recording's
-    attempt, not every remaining recording of the run)."""
+class _Connection(Reconnecting):
+    """The step's connection to the vector store (or, with ``source``, to the user's source database)."""
 
     def __init__(self, store: VectorStoreResource, source: ExternalSource | None = None) -> None:
-        self.connect: Callable[[], psycopg.Connection] = source.connect if source is not None else store.connect
-        self._conn: psycopg.Connection | None = None
-
-    def get(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = self.connect()
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        super().__init__(source.connect if source is not None else store.connect)
 
 
 def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_ids: Sequence[str], asset: str):

@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
+from embed_assets.lib.db.connection import Reconnecting
 from embed_assets.lib.db.names import q
 from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
@@ -440,17 +441,15 @@ class _Writers:
     def __init__(self, n: int, connect: Callable[[], psycopg.Connection]) -> None:
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="write")
         self._connect, self._local, self._lock = connect, threading.local(), threading.Lock()
-        self._opened: list[psycopg.Connection] = []
+        self._opened: list[Reconnecting] = []
 
     def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                conn.close()
-            conn = self._local.conn = self._connect()
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = Reconnecting(self._connect)
             with self._lock:
-                self._opened.append(conn)
-        return conn
+                self._opened.append(held)
+        return held.get()
 
     def submit(self, work: Callable[[psycopg.Connection], Any]) -> Future[Any]:
         return self._pool.submit(lambda: work(self._conn()))
@@ -458,8 +457,8 @@ class _Writers:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            for conn in self._opened:
-                conn.close()
+            for held in self._opened:
+                held.close()
             self._opened.clear()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -219,6 +220,26 @@ def connect(
     except psycopg.OperationalError as e:
         raise DatabaseUnavailableError(connection_problem(url, e, setting)) from None
     return conn
+
+
+class Reconnecting:
+    """A connection opened on first use and replaced when the server drops it (a restart must cost one
+    recording's attempt, not every remaining recording of a step). Not shared between threads: one each."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+        self.connect = connect
+        self._conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 def connection_problem(url: str, e: BaseException, setting: str) -> str:
