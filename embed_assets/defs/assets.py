@@ -1,7 +1,6 @@
 """The two partitioned assets. A run may carry many partitions (BackfillPolicy): each recording is
 committed on its own, so one bad recording never costs the others their work."""
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -140,13 +139,6 @@ def _recorder(context: dg.AssetExecutionContext, db: _Connection, model_ids: Seq
     return record
 
 
-def _per_recording(stats: Sequence[Any]) -> dict[str, Any]:
-    if len(stats) == 1:
-        return {}
-    table = {s.recording_id: {k: v for k, v in s.as_dict().items() if k != "recording_id"} for s in stats[:200]}
-    return {"per_recording": dg.MetadataValue.json(json.loads(json.dumps(table, default=float)))}
-
-
 @dg.asset(
     partitions_def=recordings_partitions,
     backfill_policy=BACKFILL_POLICY,
@@ -211,7 +203,6 @@ def transcript_chunks(
             "source": source.describe() if source else "project tables (recordings, transcript_segments)",
             "unreadable_source_rows": len(unreadable),
             **({"unreadable": dg.MetadataValue.json(dict(list(unreadable.items())[:50]))} if unreadable else {}),
-            **_per_recording(stats),
         }
     )
 
@@ -319,7 +310,6 @@ def chunk_embeddings(
                     for m, model_stats, totals in results
                 }
             ),
-            **_per_recording(results[0][1]),
         }
     )
 
