@@ -140,3 +140,48 @@ def test_deterministic() -> None:
 def test_bad_params_are_named(max_tokens: int, overlap: int) -> None:
     with pytest.raises(ValueError, match="chunk_"):
         ChunkParams(max_tokens, overlap)
+
+
+COUNTER_CHECK = """
+import sys
+{setup}
+from embed_assets.lib.sample import make_transcript
+from embed_assets.lib.tokenizers import token_counter
+import random
+counter = token_counter("cl100k_base")
+package_ran = "bpe_openai" in sys.modules
+texts = [s.text for seed in range(5) for s in make_transcript(random.Random(seed), "r", 30).segments]
+texts += [w for t in texts[:200] for w in t.split()]
+texts += ["", " ", "héllo wörld 日本語 🙂", "a\\ud800b", "x" * 5000, " two  spaces\\n\\ttab", "<|endoftext|> as text"]
+counts = [counter.count(t) for t in texts]
+import bpe_openai  # the public API, after (and beside) the counter's own load of the extension
+enc = bpe_openai.get_encoding("cl100k_base")
+wrong = [t for t, n in zip(texts, counts) if n != len(enc.encode_ordinary(t))]
+print(type(counter._tok).__name__, package_ran, len(texts), len(wrong))
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "backend"),
+    [
+        ("", "PyTokenizer"),  # the extension, loaded without the package's 0.55 s __init__
+        # the package's folder not found (a changed layout): the public API
+        (
+            "import importlib.util as u; f = u.find_spec; u.find_spec = lambda n: None if n == 'bpe_openai' else f(n)",
+            "_PublicCl100k",
+        ),
+    ],
+)
+def test_cl100k_counts_are_bpe_openais_own(setup: str, backend: str) -> None:
+    """The counter loads bpe-openai's Rust tokenizer directly (not the package, whose import parses three
+    vocabularies in Python), and counts exactly as its public ``encode_ordinary`` does, lone surrogates and
+    special-token text included; where the extension is not found, it uses the public API."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", COUNTER_CHECK.format(setup=setup)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    name, package_ran, n, wrong = out[-4:]
+    assert name == backend and int(n) > 1000 and wrong == "0"
+    assert package_ran == str(backend == "_PublicCl100k")

@@ -103,7 +103,7 @@ def chunk_models(
         own = params.describe(counter_name(spec.tokenizer))
         # Already chunked from this exact transcript by this exact chunker (the plan and its rows are written
         # in one transaction): nothing to do. Tokenizing is most of the cost of re-running a recording, and
-        # loading the tokenizer (~0.3 s per process) most of the cost of a run where nothing changed.
+        # loading the tokenizer most of the cost of a run where nothing changed.
         done = conn.execute(
             q(
                 conn,
