@@ -46,3 +46,21 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
     assert 1 <= requests < 4  # the 4 recordings of the quick run share requests
     shadow_rows = next(f for f in data if f["name"] == "models_active_rows_inserted_during_shadow_only")["value"]
     assert shadow_rows == 0  # a shadow model's writes never touch the active model's partition
+
+
+def test_floors_as_streams_at_once_cover_the_same_work(db_url: str) -> None:
+    """The e2e floors split over two processes (as a backfill's two runs share the machine) chunk and write
+    the same rows as one stream does."""
+    from embed_assets.lib.sample import sample_transcripts
+    from embed_assets_tests.bench.__main__ import bench_url
+    from embed_assets_tests.bench.e2e import _fresh_store, floors
+    from embed_assets_tests.support.openai_server import FakeOpenAI
+
+    url, transcripts = bench_url(), sample_transcripts(4, seed=5)
+    _fresh_store(url, transcripts, 1536)
+    with FakeOpenAI(default_dim=1536) as server:
+        one, n_one = floors(url, transcripts, server, 1536, 256)
+        requests = server.seen.requests
+        two, n_two = floors(url, transcripts, server, 1536, 256, streams=2)
+        assert server.seen.requests - requests >= max(requests, 2)  # each stream sent its own share
+    assert n_one == n_two > 0 and set(one) == set(two) and all(v > 0 for v in two.values())
