@@ -98,7 +98,8 @@ def floors(
         args = (url, server.base_url, server.api_key, batch)
         if streams == 1:
             return _stages(*args, transcripts, None)
-        shares = [list(part) for part in np.array_split(np.array(transcripts, dtype=object), streams)]
+        n = len(transcripts)  # contiguous shares in partition order, as a backfill's runs take them
+        shares = [transcripts[i * n // streams : (i + 1) * n // streams] for i in range(streams)]
         ctx = multiprocessing.get_context("spawn")
         with ctx.Manager() as manager, ProcessPoolExecutor(streams, mp_context=ctx) as pool:
             barrier = manager.Barrier(streams)  # a proxy: a pool's arguments are pickled
