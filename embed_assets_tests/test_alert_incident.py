@@ -126,16 +126,17 @@ def test_one_error_alert_per_channel_then_one_recovery(
         d = Deployment(instance)
         assert "verdict healthy" in d.alert_tick()  # the daemon was already running: nothing to say yet
 
-        # 100 recordings arrive; the sensor requests one run each; every run fails in its config check.
+        # 100 recordings arrive; the sensor requests one run over them (consecutive partitions, as a backfill's
+        # runs take them); it fails in its config check, and with it every recording it covers.
         for i in range(N):
             upsert_transcript(conn, short(f"call-{i:03d}"))
         found = d.sensor(new_recordings_sensor, RESOURCES)
         for req in found.dynamic_partitions_requests:
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-        assert len(found.run_requests) == N
+        assert len(found.run_requests) == 1
         assert not any(d.execute(r) for r in found.run_requests)
         assert provider.seen.requests == 0  # nothing was sent, nothing paid
-        assert "100 awaiting the digest" in d.alert_tick()  # failures are collected, not sent one by one
+        assert "1 awaiting the digest" in d.alert_tick()  # failures are collected, not sent one by one
 
         health = d.evaluate_health()
         assert health["verdict"] == "critical" and health["pending"] == without_vectors(conn) == N
@@ -165,7 +166,7 @@ def test_one_error_alert_per_channel_then_one_recovery(
             assert f"{N} of {N} recording(s) have no current vectors" in text
             assert "since 20" in text and "set it where the Dagster code location" in text
             assert "then re-launch the failed partitions" in text
-            assert f"{N} run(s) over {N} recording(s)" in text  # the 100 failed runs, summarized in one line
+            assert f"1 run(s) over {N} recording(s)" in text  # the failed run, summarized in one line
         assert error_hook["kind"] == "error" and error_hook["affected_recordings"] == N
         assert error_hook["verdict"] == "critical" and len(error_hook["content"]) <= 2000
         assert smtp.messages[0]["X-Envelope-To"] == "oncall@example.com, data@example.com"

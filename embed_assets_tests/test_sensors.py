@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.defs.sensors import new_recordings_sensor
+from embed_assets.defs.sensors import RANGE_END_TAG, RANGE_START_TAG, new_recordings_sensor
+from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 
@@ -47,30 +48,40 @@ def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
     return result
 
 
-def keys(result: dg.SensorResult) -> list[str]:
-    return [r.partition_key for r in result.run_requests or []]
+def keys(instance: dg.DagsterInstance, result: dg.SensorResult) -> list[str]:
+    """The recordings the tick's runs cover: one partition each, or a range (consecutive partitions)."""
+    partitions = instance.get_dynamic_partitions("recordings")
+    out: list[str] = []
+    for r in result.run_requests or []:
+        if r.partition_key is not None:
+            out.append(r.partition_key)
+        else:
+            start, end = r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]
+            out += partitions[partitions.index(start) : partitions.index(end) + 1]
+    return out
 
 
 def test_new_changed_unchanged_and_deleted(conn: psycopg.Connection, instance: dg.DagsterInstance) -> None:
     for rid in ("r1", "r2", "r3"):
         upsert_transcript(conn, rec(rid))
     first = tick(instance, None)
-    assert sorted(keys(first)) == ["r1", "r2", "r3"]
+    assert sorted(keys(instance, first)) == ["r1", "r2", "r3"]
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["r1", "r2", "r3"]
-    run_keys = {r.partition_key: r.run_key for r in first.run_requests}
+    assert len(first.run_requests) == 1  # three new, consecutive partitions: one run over the range
+    run_keys = {r.run_key for r in first.run_requests}
 
     # nothing changed: nothing requested, nothing added (a fresh context from the stored cursor = a restart)
     second = tick(instance, first.cursor)
-    assert keys(second) == [] and not second.dynamic_partitions_requests
+    assert keys(instance, second) == [] and not second.dynamic_partitions_requests
 
     upsert_transcript(conn, rec("r1"))  # identical content: unchanged
     upsert_transcript(conn, rec("r2", "changed"))
     third = tick(instance, second.cursor)
-    assert keys(third) == ["r2"] and third.run_requests[0].run_key != run_keys["r2"]
+    assert keys(instance, third) == ["r2"] and third.run_requests[0].run_key not in run_keys
 
     conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r3'")
     fourth = tick(instance, third.cursor)
-    assert keys(fourth) == []
+    assert keys(instance, fourth) == []
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["r1", "r2"]
 
 
@@ -99,7 +110,7 @@ def test_already_embedded_and_failed_recordings_are_not_requested(
         (h["failed"],),
     )
     result = tick(instance, None)
-    assert keys(result) == ["new"]
+    assert keys(instance, result) == ["new"]
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["done", "failed", "new"]
 
 
@@ -111,7 +122,7 @@ def test_a_deleted_then_reloaded_recording_keeps_its_partition(
     conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r1'")
     upsert_transcript(conn, rec("r1", "back"))
     result = tick(instance, cursor)
-    assert keys(result) == ["r1"] and instance.get_dynamic_partitions("recordings") == ["r1"]
+    assert keys(instance, result) == ["r1"] and instance.get_dynamic_partitions("recordings") == ["r1"]
 
 
 def bulk_recordings(conn: psycopg.Connection, n: int) -> None:
@@ -134,7 +145,36 @@ def test_10000_new_recordings_in_one_tick_without_flooding_the_queue(
     print(f"sensor tick over 10,000 new recordings: {elapsed:.2f}s")
     assert len(first.run_requests) == 40  # the per-tick bound
     assert len(instance.get_dynamic_partitions("recordings")) == 10_000  # every partition, in one tick
+    # consecutive new partitions share runs of RECORDINGS_PER_RUN, as a backfill's do: 40 runs take 4,000
+    assert len(keys(instance, first)) == 40 * RECORDINGS_PER_RUN == len(set(keys(instance, first)))
     second = tick(instance, first.cursor)
-    assert len(second.run_requests) == 40
-    assert not set(keys(first)) & set(keys(second))  # the cursor moved on: no duplicates
+    assert len(second.run_requests) == 40 and len(keys(instance, second)) == 40 * RECORDINGS_PER_RUN
+    assert not set(keys(instance, first)) & set(keys(instance, second))  # the cursor moved on: no duplicates
     assert json.loads(second.cursor)["id"] > json.loads(first.cursor)["id"]
+
+
+def test_consecutive_partitions_share_a_run_and_scattered_ones_get_one_each(
+    conn: psycopg.Connection, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"r{i}" for i in range(6)]
+    for rid in ids:
+        upsert_transcript(conn, rec(rid))
+    first = tick(instance, None)
+    (only,) = first.run_requests  # six new, consecutive partitions: one run over the range
+    assert only.partition_key is None and (only.tags[RANGE_START_TAG], only.tags[RANGE_END_TAG]) == ("r0", "r5")
+
+    for rid in ("r1", "r2", "r4"):  # r1-r2 are consecutive partitions, r4 stands alone
+        upsert_transcript(conn, rec(rid, "changed"))
+    second = tick(instance, first.cursor)
+    assert sorted(keys(instance, second)) == ["r1", "r2", "r4"] and len(second.run_requests) == 2
+    single = next(r for r in second.run_requests if r.partition_key is not None)
+    assert single.partition_key == "r4"
+
+    # More scattered recordings than runs a tick allows: a run each, the rest on the next tick, none lost.
+    monkeypatch.setenv("EMBED_SENSOR_MAX_RUNS", "2")
+    for rid in ("r0", "r2", "r4"):
+        upsert_transcript(conn, rec(rid, "again"))
+    third = tick(instance, second.cursor)
+    fourth = tick(instance, third.cursor)
+    assert len(third.run_requests) == 2 and all(r.partition_key for r in third.run_requests)
+    assert sorted(keys(instance, third) + keys(instance, fourth)) == ["r0", "r2", "r4"]

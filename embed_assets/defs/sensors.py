@@ -1,5 +1,6 @@
 """`new_recordings_sensor`: new, changed and deleted recordings -> dynamic partitions + run requests."""
 
+import hashlib
 import json
 from datetime import datetime, timedelta
 
@@ -9,9 +10,13 @@ from embed_assets.defs.health import SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.lib.settings import automation_settings
+from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
 from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
 from embed_assets.lib.sources.sync import sync_source
+
+# The tags by which a run covers a range of partitions (what a backfill's runs carry; dagster's own names).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def run_key(recording_id: str, model_ids: list[str], content_hash: str) -> str:
@@ -19,6 +24,26 @@ def run_key(recording_id: str, model_ids: list[str], content_hash: str) -> str:
     new key, and so does a model registered later (a shadow being built); an unchanged one can never be
     requested twice (Dagster skips a run key it has seen)."""
     return f"{recording_id}@{'+'.join(model_ids)}@{content_hash[:16]}"
+
+
+def range_key(members: list[str]) -> str:
+    """One run over several recordings: deterministic in its members' own run keys (any change to one of them,
+    or to the set, is a new key)."""
+    digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+    first, last = (m.split("@", 1)[0] for m in (members[0], members[-1]))
+    return f"{first}..{last}({len(members)})@{digest}"
+
+
+def contiguous_groups(keys: list[str], order: dict[str, int], most: int) -> list[list[str]]:
+    """``keys`` grouped into runs of consecutive partitions (in the partitions' own order, which is what a
+    partition range means), at most ``most`` each, in partition order."""
+    groups: list[list[str]] = []
+    for key in sorted(keys, key=order.__getitem__):
+        if groups and order[key] == order[groups[-1][-1]] + 1 and len(groups[-1]) < most:
+            groups[-1].append(key)
+        else:
+            groups.append([key])
+    return groups
 
 
 @dg.sensor(
@@ -32,9 +57,11 @@ def new_recordings_sensor(
     """Finds recordings that are new or changed (content hash) in the source tables by an (updated_at,
     recording_id) cursor, and deleted ones by tombstone (with EMBED_SOURCE, the user's own tables are first read
     in place into the project's registry of recordings: lib/sources/sync.py); adds/deletes their partitions and
-    requests one run per recording to embed (at most EMBED_SENSOR_MAX_RUNS per tick; the rest follow on the
-    next ticks). Recordings whose last attempt failed are left to `retry_failed_recordings`. Once an hour it
-    reconciles partitions with the source in full."""
+    requests runs to embed them: recordings that are consecutive partitions (a bulk load, a first pass over a
+    source) share a run of up to RECORDINGS_PER_RUN, as a backfill's do; scattered ones get a run each. At most
+    EMBED_SENSOR_MAX_RUNS runs per tick; the rest follow on the next ticks. Recordings whose last attempt
+    failed are left to `retry_failed_recordings`. Once an hour it reconciles partitions with the source in
+    full."""
     settings = automation_settings()
     models = sorted(m.model_id for m in store.models(embedder.spec()))
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -44,7 +71,8 @@ def new_recordings_sensor(
         context.log.info(f"models registered since the last tick ({', '.join(models)}): scanning every recording")
     cursor["models"] = models
     after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
-    known = set(context.instance.get_dynamic_partitions(recordings_partitions.name))
+    known_in_order = list(context.instance.get_dynamic_partitions(recordings_partitions.name))
+    known = set(known_in_order)
 
     source = store.source()  # EMBED_SOURCE: the user's tables, read in place; None: the project's tables
     with store.connect() as conn:
@@ -68,28 +96,18 @@ def new_recordings_sensor(
         late = pending_before(conn, after[0], settings.max_runs_per_tick) if reconcile and after else []
 
     run_requests: list[dg.RunRequest] = []
-    requested: set[str] = set()
-    position = after
-
-    def request(recording_id: str, content_hash: str, pending: list[str]) -> None:
-        requested.add(recording_id)
-        run_requests.append(
-            dg.RunRequest(
-                partition_key=recording_id,
-                run_key=run_key(recording_id, pending, content_hash),
-                tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: content_hash[:16]},
-            )
-        )
-
-    for row in rows:
-        if row.pending and not row.failed and row.recording_id not in requested:
-            if len(run_requests) >= settings.max_runs_per_tick:
-                break  # the cursor stops here; the next tick continues from this row
-            request(row.recording_id, row.content_hash, row.models)
-        position = (row.updated_at, row.recording_id)
-    for row in late:
-        if len(run_requests) < settings.max_runs_per_tick and row.recording_id not in requested:
-            request(row.recording_id, row.content_hash, row.models)
+    cap = settings.max_runs_per_tick
+    # Pending recordings in cursor order, as many as the tick's runs could hold if they were consecutive.
+    candidates: list[tuple[int, str, str, list[str]]] = []  # (row index, id, hash, models)
+    seen: set[str] = set()
+    stop = len(rows)
+    for i, row in enumerate(rows):
+        if row.pending and not row.failed and row.recording_id not in seen:
+            if len(candidates) >= cap * RECORDINGS_PER_RUN:
+                stop = i  # the cursor stops before this row; the next tick continues from it
+                break
+            candidates.append((i, row.recording_id, row.content_hash, row.models))
+            seen.add(row.recording_id)
 
     adds = [r.recording_id for r in rows if r.recording_id not in known]
     deletes = [k for k in deleted if k in known]
@@ -97,6 +115,57 @@ def new_recordings_sensor(
         adds += sorted(source_ids - known - set(adds))
         deletes += sorted(known - source_ids - set(deletes))
     new_adds = list(dict.fromkeys(a for a in adds if a not in deletes))
+    # The partitions' order once this tick's adds are applied (the daemon adds them before it launches runs).
+    order = {key: i for i, key in enumerate(known_in_order + [a for a in new_adds if a not in known])}
+    candidates = [c for c in candidates if c[1] in order and c[1] not in deletes]
+    own_key = {rid: run_key(rid, models, h) for _, rid, h, models in candidates}
+
+    def grouped(k: int) -> list[list[str]]:  # the first k candidates (cursor order) as runs
+        return contiguous_groups([rid for _, rid, _, _ in candidates[:k]], order, RECORDINGS_PER_RUN)
+
+    groups = grouped(len(candidates))
+    if len(groups) > cap:
+        # Too scattered for one tick: the longest head of the candidates (in cursor order, so the cursor can stop
+        # after it) whose runs fit. Any head of `cap` candidates fits (a run each at worst).
+        lo, hi = cap, len(candidates) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if len(grouped(mid)) <= cap else (lo, mid - 1)
+        stop, candidates, groups = candidates[lo][0], candidates[:lo], grouped(lo)
+    position = (rows[stop - 1].updated_at, rows[stop - 1].recording_id) if stop > 0 else after
+    hashes = {rid: h for _, rid, h, _ in candidates}
+    for group in groups:
+        if len(group) == 1:
+            run_requests.append(
+                dg.RunRequest(
+                    partition_key=group[0],
+                    run_key=own_key[group[0]],
+                    tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: hashes[group[0]][:16]},
+                )
+            )
+        else:
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=range_key([own_key[k] for k in group]),
+                    tags={
+                        TRIGGER_TAG: "sensor",
+                        RANGE_START_TAG: group[0],
+                        RANGE_END_TAG: group[-1],
+                    },
+                )
+            )
+    requested = {k for g in groups for k in g}
+    for row in late:
+        if len(run_requests) < cap and row.recording_id not in requested and row.recording_id not in deletes:
+            requested.add(row.recording_id)
+            run_requests.append(
+                dg.RunRequest(
+                    partition_key=row.recording_id,
+                    run_key=run_key(row.recording_id, row.models, row.content_hash),
+                    tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: row.content_hash[:16]},
+                )
+            )
+
     partition_requests: list = []
     if new_adds:
         partition_requests.append(recordings_partitions.build_add_request(new_adds))
