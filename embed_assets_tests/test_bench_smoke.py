@@ -26,6 +26,7 @@ def test_bench_runs_and_reports_every_figure(db_url: str, tmp_path: Path) -> Non
         "e2e_cli_rerun_unchanged_wall",
         "e2e_cli_provider_requests",
         "e2e_rerun_unchanged_ours_per_recording",
+        "e2e_sensor_catchup_wall",
         "seed_6_backfill_wall",
         "seed_full_extrapolated_wall",
         "ui_graphql_partition_status_500",

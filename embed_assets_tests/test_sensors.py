@@ -16,6 +16,7 @@ from embed_assets.defs.sensors import RANGE_END_TAG, RANGE_START_TAG, new_record
 from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.support.sensor_requests import covered
 
 RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
 
@@ -49,16 +50,7 @@ def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
 
 
 def keys(instance: dg.DagsterInstance, result: dg.SensorResult) -> list[str]:
-    """The recordings the tick's runs cover: one partition each, or a range (consecutive partitions)."""
-    partitions = instance.get_dynamic_partitions("recordings")
-    out: list[str] = []
-    for r in result.run_requests or []:
-        if r.partition_key is not None:
-            out.append(r.partition_key)
-        else:
-            start, end = r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]
-            out += partitions[partitions.index(start) : partitions.index(end) + 1]
-    return out
+    return covered(instance, result)
 
 
 def test_new_changed_unchanged_and_deleted(conn: psycopg.Connection, instance: dg.DagsterInstance) -> None:

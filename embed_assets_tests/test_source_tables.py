@@ -20,6 +20,7 @@ from embed_assets.defs.schedules import retry_failed_recordings
 from embed_assets.lib.health.status import db_status
 from embed_assets_tests.support.dagster_dev import drop_database, fresh_database
 from embed_assets_tests.support.openai_server import FakeOpenAI
+from embed_assets_tests.support.sensor_requests import covered
 from embed_assets_tests.test_sensors import tick
 
 RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
@@ -130,8 +131,8 @@ def settle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
 
 
-def requested(result: dg.SensorResult) -> list[str]:
-    return sorted(r.partition_key for r in result.run_requests or [])
+def requested(instance: dg.DagsterInstance, result: dg.SensorResult) -> list[str]:
+    return sorted(covered(instance, result))
 
 
 def run(instance: dg.DagsterInstance, keys: list[str]) -> dg.ExecuteInProcessResult:
@@ -164,7 +165,7 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
     add_call(admin, 4, json.dumps(turns(4))[:-40])  # a truncated export: malformed JSON
 
     first = tick(instance, None)
-    assert requested(first) == ["1", "2", "3", "4"]
+    assert requested(instance, first) == ["1", "2", "3", "4"]
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["1", "2", "3", "4"]
     assert conn.execute("SELECT count(*) FROM embed_assets.transcript_segments").fetchone()[0] == 0  # read in place
 
@@ -200,7 +201,7 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
     # A changed transcript: only its changed chunks are sent again.
     add_call(admin, 2, json.dumps(turns(2, changed=13)))
     second = tick(instance, first.cursor)
-    assert requested(second) == ["2"]
+    assert requested(instance, second) == ["2"]
     assert run(instance, ["2"]).success
     sent = fake_openai.seen.inputs - seen
     after = vectors(conn, "2")
@@ -209,7 +210,7 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
     # The row is fixed: its hash changes and it is embedded; the unreadable count drops.
     add_call(admin, 4, json.dumps(turns(4)))
     third = tick(instance, second.cursor)
-    assert requested(third) == ["4"]
+    assert requested(instance, third) == ["4"]
     assert run(instance, ["4"]).success
     assert db_status(conn, MODEL).unreadable_source_rows == 0
 
@@ -217,7 +218,7 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute("DELETE FROM fathom_calls WHERE id = 1")
     fourth = tick(instance, third.cursor)
-    assert requested(fourth) == []
+    assert requested(instance, fourth) == []
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["2", "3", "4"]
     assert vectors(conn, "1") == {}
 
@@ -227,7 +228,7 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
         assert c.execute("SELECT count(*) FROM fathom_calls").fetchone()[0] == 3
     # Unchanged source, another pass: nothing requested, nothing sent.
     seen = fake_openai.seen.requests
-    assert requested(tick(instance, fourth.cursor)) == []
+    assert requested(instance, tick(instance, fourth.cursor)) == []
     assert fake_openai.seen.requests == seen
 
 
@@ -245,7 +246,7 @@ def test_plain_text_source_without_updated_at(conn: psycopg.Connection, instance
         add_call(admin, call, None, plain(call))
     add_call(admin, 3, None, None)  # a NULL transcript
     first = tick(instance, None)
-    assert requested(first) == ["1", "2", "3"]
+    assert requested(instance, first) == ["1", "2", "3"]
     result = run(instance, ["1", "2", "3"])
     assert not result.success
     assert "unreadable source row: recording '3' (plain, transcripts query): the transcript is NULL" in failure_message(
@@ -259,7 +260,7 @@ def test_plain_text_source_without_updated_at(conn: psycopg.Connection, instance
         c.execute("UPDATE fathom_transcripts SET plain = %s WHERE call_id = 2", (plain(2, "One more thing: budget."),))
         c.execute("DELETE FROM fathom_calls WHERE id = 1")
     second = tick(instance, first.cursor)
-    assert requested(second) == ["2"]
+    assert requested(instance, second) == ["2"]
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["2", "3"]
     assert run(instance, ["2"]).success
     assert 0 < fake_openai.seen.inputs - seen <= 2
@@ -303,13 +304,13 @@ turns: |
     )
     try:
         first = tick(instance, None)
-        assert requested(first) == ["c-1", "c-2"]
+        assert requested(instance, first) == ["c-1", "c-2"]
         assert run(instance, ["c-1", "c-2"]).success
         firsts = conn.execute(
             "SELECT min(first_seq), max(last_seq) FROM embed_assets.chunks WHERE recording_id = 'c-1'"
         ).fetchone()
         assert firsts == (0, 90)  # citations are the source's own positions
-        assert requested(tick(instance, first.cursor)) == []
+        assert requested(instance, tick(instance, first.cursor)) == []
         # A worker without EMBED_SOURCE must not chunk a source recording as an empty transcript.
         monkeypatch.delenv("EMBED_SOURCE")
         conn.execute("DELETE FROM embed_assets.chunk_plans WHERE recording_id = 'c-1'")

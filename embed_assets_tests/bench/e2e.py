@@ -290,6 +290,53 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                     "per-partition cost of Dagster (events, process, checks) plus the diff queries",
                 )
             )
+        sensor_catchup(url, transcripts, server, n_chunks, Path(tmp), report, progress)
+
+
+def sensor_catchup(url: str, transcripts, server: FakeOpenAI, n_chunks: int, tmp: Path, report: Report, progress):
+    """The same recordings caught up by `new_recordings_sensor` alone (no backfill), as after a bulk load or a
+    first pass over a source: from `dagster dev` up to every recording embedded."""
+    import dagster as dg
+
+    n = len(transcripts)
+    _fresh_store(url, transcripts, 1536)
+    env = {
+        **backfill_env(url, fresh_database(url, "embed_bench_dagster"), str(tmp), server),
+        "EMBED_SENSOR_MAX_RUNS": "50",  # the default
+        "EMBED_SENSOR_SETTLE_S": "0",
+    }
+    progress(f"the same {n} recordings caught up by the new-recordings sensor alone")
+    with environment(**env):
+        home = make_home(tmp / "dagster_home_sensor")
+        requests_before = server.seen.ok
+        with DagsterDev(home, env, tmp / "dagster-dev-sensor.log", progress):
+            started, deadline, last = time.perf_counter(), time.monotonic() + 1800, 0.0
+            while True:
+                with psycopg.connect(url) as conn:
+                    done = conn.execute("SELECT count(*) FROM embed_assets.embedded_recordings").fetchone()[0]
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the sensor caught up {done} of {n} recordings in 30 minutes")
+                if time.monotonic() - last > 10:
+                    progress(f"sensor: {done}/{n} recordings embedded")
+                    last = time.monotonic()
+                time.sleep(0.5)
+            wall = time.perf_counter() - started
+        instance = dg.DagsterInstance.from_config(str(home))
+        runs = len(instance.get_run_ids())
+        instance.dispose()
+    _check_stored(url, n_chunks)
+    report.add(
+        Figure(
+            "e2e_sensor_catchup_wall",
+            wall,
+            "s",
+            note=f"{n} new recordings embedded by the sensor's runs alone, from `dagster dev` up; {runs} runs "
+            "(consecutive partitions share a run of up to 100, as a backfill's do)",
+        )
+    )
+    report.add(_requests_figure("e2e_sensor_catchup_provider_requests", server.seen.ok - requests_before, n))
 
 
 class ConnectionSampler:
