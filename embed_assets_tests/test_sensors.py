@@ -49,31 +49,27 @@ def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
     return result
 
 
-def keys(instance: dg.DagsterInstance, result: dg.SensorResult) -> list[str]:
-    return covered(instance, result)
-
-
 def test_new_changed_unchanged_and_deleted(conn: psycopg.Connection, instance: dg.DagsterInstance) -> None:
     for rid in ("r1", "r2", "r3"):
         upsert_transcript(conn, rec(rid))
     first = tick(instance, None)
-    assert sorted(keys(instance, first)) == ["r1", "r2", "r3"]
+    assert sorted(covered(instance, first)) == ["r1", "r2", "r3"]
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["r1", "r2", "r3"]
     assert len(first.run_requests) == 1  # three new, consecutive partitions: one run over the range
     run_keys = {r.run_key for r in first.run_requests}
 
     # nothing changed: nothing requested, nothing added (a fresh context from the stored cursor = a restart)
     second = tick(instance, first.cursor)
-    assert keys(instance, second) == [] and not second.dynamic_partitions_requests
+    assert covered(instance, second) == [] and not second.dynamic_partitions_requests
 
     upsert_transcript(conn, rec("r1"))  # identical content: unchanged
     upsert_transcript(conn, rec("r2", "changed"))
     third = tick(instance, second.cursor)
-    assert keys(instance, third) == ["r2"] and third.run_requests[0].run_key not in run_keys
+    assert covered(instance, third) == ["r2"] and third.run_requests[0].run_key not in run_keys
 
     conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r3'")
     fourth = tick(instance, third.cursor)
-    assert keys(instance, fourth) == []
+    assert covered(instance, fourth) == []
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["r1", "r2"]
 
 
@@ -102,7 +98,7 @@ def test_already_embedded_and_failed_recordings_are_not_requested(
         (h["failed"],),
     )
     result = tick(instance, None)
-    assert keys(instance, result) == ["new"]
+    assert covered(instance, result) == ["new"]
     assert sorted(instance.get_dynamic_partitions("recordings")) == ["done", "failed", "new"]
 
 
@@ -114,7 +110,7 @@ def test_a_deleted_then_reloaded_recording_keeps_its_partition(
     conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r1'")
     upsert_transcript(conn, rec("r1", "back"))
     result = tick(instance, cursor)
-    assert keys(instance, result) == ["r1"] and instance.get_dynamic_partitions("recordings") == ["r1"]
+    assert covered(instance, result) == ["r1"] and instance.get_dynamic_partitions("recordings") == ["r1"]
 
 
 def bulk_recordings(conn: psycopg.Connection, n: int) -> None:
@@ -138,10 +134,10 @@ def test_10000_new_recordings_in_one_tick_without_flooding_the_queue(
     assert len(first.run_requests) == 40  # the per-tick bound
     assert len(instance.get_dynamic_partitions("recordings")) == 10_000  # every partition, in one tick
     # consecutive new partitions share runs of RECORDINGS_PER_RUN, as a backfill's do: 40 runs take 4,000
-    assert len(keys(instance, first)) == 40 * RECORDINGS_PER_RUN == len(set(keys(instance, first)))
+    assert len(covered(instance, first)) == 40 * RECORDINGS_PER_RUN == len(set(covered(instance, first)))
     second = tick(instance, first.cursor)
-    assert len(second.run_requests) == 40 and len(keys(instance, second)) == 40 * RECORDINGS_PER_RUN
-    assert not set(keys(instance, first)) & set(keys(instance, second))  # the cursor moved on: no duplicates
+    assert len(second.run_requests) == 40 and len(covered(instance, second)) == 40 * RECORDINGS_PER_RUN
+    assert not set(covered(instance, first)) & set(covered(instance, second))  # the cursor moved on: no duplicates
     assert json.loads(second.cursor)["id"] > json.loads(first.cursor)["id"]
 
 
@@ -158,7 +154,7 @@ def test_consecutive_partitions_share_a_run_and_scattered_ones_get_one_each(
     for rid in ("r1", "r2", "r4"):  # r1-r2 are consecutive partitions, r4 stands alone
         upsert_transcript(conn, rec(rid, "changed"))
     second = tick(instance, first.cursor)
-    assert sorted(keys(instance, second)) == ["r1", "r2", "r4"] and len(second.run_requests) == 2
+    assert sorted(covered(instance, second)) == ["r1", "r2", "r4"] and len(second.run_requests) == 2
     single = next(r for r in second.run_requests if r.partition_key is not None)
     assert single.partition_key == "r4"
 
@@ -169,4 +165,4 @@ def test_consecutive_partitions_share_a_run_and_scattered_ones_get_one_each(
     third = tick(instance, second.cursor)
     fourth = tick(instance, third.cursor)
     assert len(third.run_requests) == 2 and all(r.partition_key for r in third.run_requests)
-    assert sorted(keys(instance, third) + keys(instance, fourth)) == ["r0", "r2", "r4"]
+    assert sorted(covered(instance, third) + covered(instance, fourth)) == ["r0", "r2", "r4"]

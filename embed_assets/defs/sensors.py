@@ -95,6 +95,13 @@ def new_recordings_sensor(
         source_ids = all_recording_ids(conn) if reconcile else None
         late = pending_before(conn, after[0], settings.max_runs_per_tick) if reconcile and after else []
 
+    def single(recording_id: str, content_hash: str, pending: list[str]) -> dg.RunRequest:
+        return dg.RunRequest(
+            partition_key=recording_id,
+            run_key=run_key(recording_id, pending, content_hash),
+            tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: content_hash[:16]},
+        )
+
     run_requests: list[dg.RunRequest] = []
     cap = settings.max_runs_per_tick
     # Pending recordings in cursor order, as many as the tick's runs could hold if they were consecutive.
@@ -118,7 +125,6 @@ def new_recordings_sensor(
     # The partitions' order once this tick's adds are applied (the daemon adds them before it launches runs).
     order = {key: i for i, key in enumerate(known_in_order + [a for a in new_adds if a not in known])}
     candidates = [c for c in candidates if c[1] in order and c[1] not in deletes]
-    own_key = {rid: run_key(rid, models, h) for _, rid, h, models in candidates}
 
     def grouped(k: int) -> list[list[str]]:  # the first k candidates (cursor order) as runs
         return contiguous_groups([rid for _, rid, _, _ in candidates[:k]], order, RECORDINGS_PER_RUN)
@@ -133,38 +139,22 @@ def new_recordings_sensor(
             lo, hi = (mid, hi) if len(grouped(mid)) <= cap else (lo, mid - 1)
         stop, candidates, groups = candidates[lo][0], candidates[:lo], grouped(lo)
     position = (rows[stop - 1].updated_at, rows[stop - 1].recording_id) if stop > 0 else after
-    hashes = {rid: h for _, rid, h, _ in candidates}
+    pending = {rid: (h, models) for _, rid, h, models in candidates}
     for group in groups:
         if len(group) == 1:
-            run_requests.append(
-                dg.RunRequest(
-                    partition_key=group[0],
-                    run_key=own_key[group[0]],
-                    tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: hashes[group[0]][:16]},
-                )
-            )
+            run_requests.append(single(group[0], *pending[group[0]]))
         else:
             run_requests.append(
                 dg.RunRequest(
-                    run_key=range_key([own_key[k] for k in group]),
-                    tags={
-                        TRIGGER_TAG: "sensor",
-                        RANGE_START_TAG: group[0],
-                        RANGE_END_TAG: group[-1],
-                    },
+                    run_key=range_key([run_key(k, pending[k][1], pending[k][0]) for k in group]),
+                    tags={TRIGGER_TAG: "sensor", RANGE_START_TAG: group[0], RANGE_END_TAG: group[-1]},
                 )
             )
-    requested = {k for g in groups for k in g}
+    requested = set(pending)
     for row in late:
-        if len(run_requests) < cap and row.recording_id not in requested and row.recording_id not in deletes:
+        if len(run_requests) < cap and row.recording_id not in requested:
             requested.add(row.recording_id)
-            run_requests.append(
-                dg.RunRequest(
-                    partition_key=row.recording_id,
-                    run_key=run_key(row.recording_id, row.models, row.content_hash),
-                    tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: row.content_hash[:16]},
-                )
-            )
+            run_requests.append(single(row.recording_id, row.content_hash, row.models))
 
     partition_requests: list = []
     if new_adds:

@@ -290,16 +290,18 @@ def backfill(url: str, n: int, report: Report, progress) -> None:
                     "per-partition cost of Dagster (events, process, checks) plus the diff queries",
                 )
             )
-        sensor_catchup(url, transcripts, server, n_chunks, Path(tmp), report, progress)
+        sensor_catchup(url, transcripts, server, dim, n_chunks, Path(tmp), report, progress)
 
 
-def sensor_catchup(url: str, transcripts, server: FakeOpenAI, n_chunks: int, tmp: Path, report: Report, progress):
+def sensor_catchup(
+    url: str, transcripts, server: FakeOpenAI, dim: int, n_chunks: int, tmp: Path, report: Report, progress
+):
     """The same recordings caught up by `new_recordings_sensor` alone (no backfill), as after a bulk load or a
     first pass over a source: from `dagster dev` up to every recording embedded."""
     import dagster as dg
 
     n = len(transcripts)
-    _fresh_store(url, transcripts, 1536)
+    _fresh_store(url, transcripts, dim)
     env = {
         **backfill_env(url, fresh_database(url, "embed_bench_dagster"), str(tmp), server),
         "EMBED_SENSOR_MAX_RUNS": "50",  # the default
