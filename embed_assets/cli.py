@@ -83,9 +83,9 @@ def _instance():
     return DagsterInstance.get()
 
 
-def register_partitions(ids: list[str]) -> int:
+def register_partitions(ids: list[str], instance=None) -> int:
     """Add dynamic partitions for recordings the instance does not know yet. Returns how many were added."""
-    instance = _instance()
+    instance = instance or _instance()
     known = set(instance.get_dynamic_partitions(PARTITIONS))
     new = [i for i in dict.fromkeys(ids) if i not in known]
     for lo in range(0, len(new), 1000):
@@ -93,9 +93,15 @@ def register_partitions(ids: list[str]) -> int:
     return len(new)
 
 
+REGISTER_EVERY = 200  # recordings stored between partition registrations during a load
+
+
 def _load(transcripts, problems, register: bool) -> Counter:
+    import psycopg
+
+    from embed_assets.console.events import first_line
     from embed_assets.lib.sources.tables import upsert_transcript
-    from embed_assets.lib.transcripts import reject_duplicates
+    from embed_assets.lib.transcripts import InputProblem, reject_duplicates
 
     if source := os.environ.get("EMBED_SOURCE", "").strip():
         _die(
@@ -105,23 +111,51 @@ def _load(transcripts, problems, register: bool) -> Counter:
     transcripts, dup_problems = reject_duplicates(transcripts)
     problems = [*problems, *dup_problems]
     counts: Counter = Counter()
-    with _connect_migrated() as conn, _progress(len(transcripts) > 20) as bar:
-        task = bar.add_task("loading", total=len(transcripts))
-        for t in transcripts:
-            counts[upsert_transcript(conn, t)] += 1
-            bar.advance(task)
+    stored: list[str] = []  # stored and not yet registered as partitions
+    registered = 0
+    instance = _instance() if register and transcripts else None  # a broken DAGSTER_HOME fails before any write
+
+    def flush() -> None:  # register what is stored: a recording is never left stored but unregistered
+        nonlocal registered
+        if register and stored:
+            registered += register_partitions(stored, instance)
+        stored.clear()
+
+    try:
+        with _connect_migrated() as conn, _progress(len(transcripts) > 20) as bar:
+            task = bar.add_task("loading", total=len(transcripts))
+            for t in transcripts:
+                try:
+                    counts[upsert_transcript(conn, t)] += 1
+                    stored.append(t.recording_id)
+                except psycopg.DataError as e:  # a value the database refuses costs only its own record
+                    problems.append(InputProblem(t.source, f"the database refused it: {first_line(str(e))}"))
+                if len(stored) >= REGISTER_EVERY:
+                    flush()
+                bar.advance(task)
+    except KeyboardInterrupt:
+        flush()
+        _report_load(problems, counts, register, registered)
+        _die("interrupted: the recordings counted above are stored and registered; run the load again to finish", 130)
+    finally:
+        flush()
+    _report_load(problems, counts, register, registered)
+    return counts
+
+
+def _report_load(problems: list, counts: Counter, register: bool, registered: int) -> None:
     for p in problems:
-        (err if p.fatal else out).print(f"{'rejected' if p.fatal else 'warning'}: {p}", highlight=False, soft_wrap=True)
+        (err if p.fatal else out).print(
+            f"{'rejected' if p.fatal else 'warning'}: {p}", highlight=False, markup=False, soft_wrap=True
+        )
     counts["rejected"] = sum(1 for p in problems if p.fatal)
-    if register and transcripts:
-        counts["partitions_added"] = register_partitions([t.recording_id for t in transcripts])
+    counts["partitions_added"] = registered
     out.print(
         f"loaded {counts['loaded']}, unchanged {counts['unchanged']}, changed {counts['changed']}, "
-        f"rejected {counts['rejected']}"
-        + (f"; {counts['partitions_added']} new partition(s) registered" if register else ""),
+        f"rejected {counts['rejected']}" + (f"; {registered} new partition(s) registered" if register else ""),
         highlight=False,
+        markup=False,
     )
-    return counts
 
 
 def _progress(enabled: bool) -> Progress:
@@ -162,7 +196,7 @@ def load(
 
 @app.command()
 def sample(
-    n: Annotated[int, typer.Argument(help="How many recordings to generate.", min=1)],
+    n: Annotated[int, typer.Argument(help="How many recordings to generate (at most 100,000).", min=1, max=100_000)],
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same transcripts.")] = 7,
     long_call: Annotated[bool, typer.Option(help="Include one dense 3-hour call (1,000+ chunks).")] = True,
     register: Annotated[bool, typer.Option(help="Register the recordings as Dagster partitions.")] = True,

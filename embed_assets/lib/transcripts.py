@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 MAX_ID_LENGTH = 200
 MAX_SEGMENT_CHARS = 500_000  # ~120k tokens: a 1 MB single "segment" is a broken export, not a turn
+# A speaker's name starts every line of a chunk ("Name: words"): a name is a label, and a long one would eat the
+# model's window (a 400-word "name" once left no room for the turn's words; chunking.py counts it too).
+MAX_SPEAKER_CHARS = 100
+MAX_TITLE_CHARS = 1_000
+# The largest file `load` reads: ~20x the longest real transcript export; a bigger file is not a transcript.
+MAX_FILE_BYTES = 200 * 1024 * 1024
+# started_at must survive a round trip through Postgres and Python in any time zone: years 1 and 9999 with an
+# offset fall outside what Python can read back, and poisoned every later load of the id.
+MIN_STARTED_AT = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_STARTED_AT = datetime(2200, 1, 1, tzinfo=UTC)
 SUFFIXES = (".json", ".jsonl", ".vtt", ".srt")
 # Substrings Dagster partition keys cannot hold, plus the characters its CLI and multi-partitions reserve.
 _FORBIDDEN_ID_PARTS = ("...", ",", "|", "[", "]")
@@ -103,8 +115,22 @@ class Parsed:
     problems: list[InputProblem] = field(default_factory=list)
 
 
+def invisible_character(value: str) -> str | None:
+    """The first character of ``value`` a reader cannot see or that reorders what they see (control, format
+    such as zero-width and bidi overrides, unassigned, private use, line separators, any space but U+0020),
+    named with its code point and position; None when there is none."""
+    for pos, ch in enumerate(value, 1):
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") or (category == "Zs" and ch != " "):
+            name = unicodedata.name(ch, "unnamed character")
+            return f"U+{ord(ch):04X} {name} at position {pos}"
+    return None
+
+
 def validate_recording_id(value: Any) -> str | None:
-    """None when `value` is a usable recording id (and Dagster partition key), else what is wrong."""
+    """None when `value` is a usable recording id (and Dagster partition key), else what is wrong. An id a
+    reader cannot tell from another (an invisible, control or bidi character) is refused, naming the
+    character and its position."""
     if not isinstance(value, str):
         return f"recording_id must be a string, got {type(value).__name__}"
     if not value.strip():
@@ -113,12 +139,39 @@ def validate_recording_id(value: Any) -> str | None:
         return f"recording_id is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
     if value != value.strip():
         return "recording_id has leading or trailing whitespace; remove it"
-    if any(ch in value for ch in ("\n", "\r", "\t")) or _CONTROL.search(value):
-        return "recording_id contains control characters; use printable characters only"
+    if (bad := invisible_character(value)) is not None:
+        return (
+            f"recording_id contains control characters or invisible ones ({bad}), which let two ids look alike; "
+            "use printable characters only"
+        )
     for part in _FORBIDDEN_ID_PARTS:
         if part in value:
             return f"recording_id contains {part!r}, which Dagster partition keys cannot hold; rename it"
     return None
+
+
+def normalize_recording_id(value: Any) -> Any:
+    """An imported id in NFC, so the composed and decomposed spellings of one id are one recording."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
+def parse_started_at(value: Any) -> datetime:
+    """An ISO 8601 time a recording can carry, or ValueError naming the problem and the fix. A time without an
+    offset is read as UTC."""
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f'"started_at" {value!r} is not an ISO 8601 time; use e.g. "2026-01-09T16:00:00Z"') from None
+    try:
+        utc = at.astimezone(UTC) if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_STARTED_AT <= utc < MAX_STARTED_AT:
+        raise ValueError(
+            f'"started_at" {value!r} is outside {MIN_STARTED_AT.year}-{MAX_STARTED_AT.year - 1} (UTC); '
+            "give the call's real start time, or leave started_at out"
+        )
+    return at
 
 
 def clean_text(text: str) -> tuple[str, int]:
@@ -127,12 +180,21 @@ def clean_text(text: str) -> tuple[str, int]:
     return unicodedata.normalize("NFC", cleaned), removed
 
 
+MAX_SECONDS = 7 * 24 * 3600.0  # a week: longer than any call; a bigger offset is a unit mistake (ms, epoch)
+
+
 def _number(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
-        raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
-    return float(value)
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    try:
+        number = float(value) if ok else None
+    except OverflowError:  # a 400-digit integer
+        number = None
+    if number is None or number != number or not 0 <= number <= MAX_SECONDS:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ValueError(f"{name} must be a non-negative number of seconds (at most {MAX_SECONDS:,.0f}), got {shown}")
+    return number
 
 
 def transcript_from_obj(obj: Any, where: str) -> tuple[Transcript | None, list[InputProblem]]:
@@ -141,7 +203,7 @@ def transcript_from_obj(obj: Any, where: str) -> tuple[Transcript | None, list[I
         return None, [InputProblem(where, f"expected a JSON object, got {type(obj).__name__}")]
     if "recording_id" not in obj:
         return None, [InputProblem(where, 'missing "recording_id"; add it (a string, unique per call)')]
-    rid = obj["recording_id"]
+    rid = normalize_recording_id(obj["recording_id"])
     if (err := validate_recording_id(rid)) is not None:
         return None, [InputProblem(where, err)]
     where = f"{where} ({rid})"
@@ -153,17 +215,26 @@ def transcript_from_obj(obj: Any, where: str) -> tuple[Transcript | None, list[I
     title = obj.get("title")
     if title is not None and not isinstance(title, str):
         return None, [InputProblem(where, f'"title" must be a string, got {type(title).__name__}')]
+    title_problems: list[InputProblem] = []
+    if title is not None:
+        if len(title) > MAX_TITLE_CHARS:
+            return None, [
+                InputProblem(where, f'"title" is {len(title):,} characters; the limit is {MAX_TITLE_CHARS:,}')
+            ]
+        title, removed = clean_text(title)
+        if removed:
+            title_problems.append(InputProblem(where, f"stripped {removed} control character(s) from the title", False))
     started_at = None
     if obj.get("started_at") is not None:
         try:
-            started_at = datetime.fromisoformat(str(obj["started_at"]).replace("Z", "+00:00"))
-        except ValueError:
-            return None, [InputProblem(where, f'"started_at" {obj["started_at"]!r} is not an ISO 8601 time')]
+            started_at = parse_started_at(obj["started_at"])
+        except ValueError as e:
+            return None, [InputProblem(where, str(e))]
     if not raw_segments:
         return None, [InputProblem(where, "empty transcript: no segments; nothing to embed")]
     segments: list[Segment] = []
     skipped: list[int] = []
-    problems: list[InputProblem] = []
+    problems: list[InputProblem] = title_problems
     for i, seg in enumerate(raw_segments):
         try:
             segment = _segment_from_obj(seg, i, f"{where} segment {i}", problems)
@@ -222,6 +293,11 @@ def make_segment(
     if is_non_speech(text):
         return None
     speaker, removed_sp = clean_text(speaker)
+    if len(speaker) > MAX_SPEAKER_CHARS:
+        raise ValueError(
+            f"speaker name is {len(speaker):,} characters; the limit is {MAX_SPEAKER_CHARS} (a name starts every "
+            "line of a chunk, and a longer one would crowd the turn's words out of the model's window); shorten it"
+        )
     if removed or removed_sp:
         problems.append(InputProblem(where, f"stripped {removed + removed_sp} control character(s)", False))
     start_s, end_s = _number(start, "start_s"), _number(end, "end_s")
@@ -237,12 +313,30 @@ def _decode(path: Path, data: bytes) -> str:
         raise ValueError(f"not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
 
 
+def load_json(text: str, where: str) -> tuple[Any, InputProblem | None]:
+    """One JSON document, or the problem with it (never an exception: a bad record costs only itself)."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        return None, InputProblem(f"{where}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})")
+    except RecursionError:  # nesting deeper than the parser's recursion limit
+        return None, InputProblem(where, "JSON nested too deeply to read; not a transcript (the format nests 3 deep)")
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        return None, InputProblem(where, f"unreadable JSON: {str(e).splitlines()[0][:120]}")
+
+
+def json_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSON Lines text, split on newlines only: JSON strings may hold U+2028, U+0085 and
+    other characters that str.splitlines() would split on."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        yield lineno, line.removesuffix("\r")
+
+
 def parse_json(path: Path, text: str) -> Parsed:
     out = Parsed()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        out.problems.append(InputProblem(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})"))
+    obj, problem = load_json(text, str(path))
+    if problem is not None:
+        out.problems.append(problem)
         return out
     _add(out, *transcript_from_obj(obj, str(path)))
     return out
@@ -250,13 +344,12 @@ def parse_json(path: Path, text: str) -> Parsed:
 
 def parse_jsonl(path: Path, text: str) -> Parsed:
     out = Parsed()
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in json_lines(text):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.problems.append(InputProblem(f"{path}:{lineno}", f"malformed JSON: {e.msg} (column {e.colno})"))
+        obj, problem = load_json(line, f"{path}:{lineno}")
+        if problem is not None:
+            out.problems.append(InputProblem(f"{path}:{lineno}", problem.message))
             continue
         _add(out, *transcript_from_obj(obj, f"{path}:{lineno}"))
     return out
@@ -283,7 +376,7 @@ def _seconds(stamp: str) -> float:
 
 
 def _cues(path: Path, text: str, vtt: bool) -> Parsed:
-    rid = path.stem
+    rid = normalize_recording_id(path.stem)
     if (err := validate_recording_id(rid)) is not None:
         return Parsed(problems=[InputProblem(str(path), f"file name gives the recording id: {err}")])
     return parse_cues(str(path), rid, text, vtt)
@@ -349,12 +442,41 @@ def parse_cues(path: str, rid: str, text: str, vtt: bool) -> Parsed:
     return out
 
 
+def read_file(path: Path) -> bytes:
+    """The bytes of an importable file, or ValueError saying why not. Checked before a byte is read: the suffix,
+    that it is a regular file (a FIFO or device would block or never end) and its size."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"unknown format {suffix or '(no suffix)'}; use one of {', '.join(SUFFIXES)}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block at open() without O_NONBLOCK
+    except OSError as e:
+        raise ValueError(f"cannot read: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file (a pipe, device or socket); give a file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ValueError(
+                f"{info.st_size:,} bytes; the limit is {MAX_FILE_BYTES:,} per file: split it into several .jsonl files"
+            )
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def parse_file(path: Path) -> Parsed:
     """Parse one file by its suffix; problems never raise."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return Parsed(problems=[InputProblem(str(path), f"cannot read: {e.strerror}")])
+        data = read_file(path)
+    except ValueError as e:
+        return Parsed(problems=[InputProblem(str(path), str(e))])
     try:
         text = _decode(path, data)
     except ValueError as e:
@@ -373,7 +495,8 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
     """Files named directly, and the importable files under named directories (sorted, recursive)."""
     for p in paths:
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            # A folder's importable files: regular files only (a FIFO in a folder is not waited on).
+            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
         else:
             yield p
 

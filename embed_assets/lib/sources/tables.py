@@ -29,12 +29,18 @@ def upsert_transcript(conn: psycopg.Connection, t: Transcript) -> LoadStatus:
     new_hash = t.content_hash
     with conn.transaction():
         lock_recording(conn, t.recording_id)
+        # Compared in SQL, not read back: a started_at stored by an older version outside what Python can read
+        # (year 1 with a positive offset) must not make every later load of the id fail.
         row = conn.execute(
-            q(conn, "SELECT content_hash, title, started_at FROM {s}.recordings WHERE recording_id = %s"),
-            (t.recording_id,),
+            q(
+                conn,
+                """SELECT content_hash, (title, started_at) IS NOT DISTINCT FROM (%s::text, %s::timestamptz)
+                   FROM {s}.recordings WHERE recording_id = %s""",
+            ),
+            (t.title, t.started_at, t.recording_id),
         ).fetchone()
         if row is not None and row[0] == new_hash:
-            if (row[1], row[2]) != (t.title, t.started_at):
+            if not row[1]:
                 conn.execute(
                     q(conn, "UPDATE {s}.recordings SET title = %s, started_at = %s WHERE recording_id = %s"),
                     (t.title, t.started_at, t.recording_id),
