@@ -12,20 +12,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from embed_assets.console.text import UserConsole, styled
 from embed_assets.lib.errors import EmbedAssetsError
 from embed_assets.lib.settings import CLI_WRITERS, RECORDINGS_PER_RUN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Keep call-transcript embeddings in pgvector.")
-out = Console(soft_wrap=True)  # long paths and URLs stay on one line in logs
-err = Console(stderr=True, soft_wrap=True)
+# User data (ids, speakers, transcripts, paths) is printed as text, never markup (console/text.py).
+out = UserConsole(soft_wrap=True)  # long paths and URLs stay on one line in logs
+err = UserConsole(stderr=True, soft_wrap=True)
 PARTITIONS = "recordings"
 
 
 def _die(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(styled(("error:", "red"), " ", message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -418,7 +419,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines output.")] = False,
 ) -> None:
     """Search the embedded chunks of the active model: hybrid full-text + vector fusion by default."""
-    from embed_assets.lib.search.query import MODES
+    from embed_assets.lib.search.query import MODES, query_problem
     from embed_assets.lib.search.query import search as run_search
 
     if mode not in MODES:
@@ -426,16 +427,18 @@ def search(
     if (query is None) == (batch is None):
         _die("give a QUERY or --batch FILE.jsonl (not both)")
     if batch is not None:
-        from embed_assets.lib.search.batch import parse_queries, run_batch
+        from embed_assets.lib.search.batch import read_queries, run_batch
 
         if not batch.is_file():
             _die(f"no such file: {batch}")
-        queries = parse_queries(batch.read_text(encoding="utf-8").splitlines(), str(batch), k)
+        queries = read_queries(batch.read_bytes(), str(batch), k)
         with _connect_migrated() as conn:
             embed = _query_embedder(_active(conn).spec)
             for result in run_batch(conn, queries, embed, mode):  # type: ignore[arg-type]
                 print(json.dumps(result, ensure_ascii=False), flush=True)
         return
+    if (problem := query_problem(query)) is not None:
+        _die(problem)
     with _connect_migrated() as conn:
         embed = _query_embedder(_active(conn).spec)
         vec = embed([query])[0] if mode != "text" else None
@@ -449,9 +452,10 @@ def search(
     for h in hits:
         when = f"{h.start_s:.0f}s-{h.end_s:.0f}s" if h.start_s is not None and h.end_s is not None else "-"
         out.print(
-            f"[bold]{h.score:.3f}[/bold] {h.recording_id} #{h.chunk_index} seq {h.first_seq}-{h.last_seq} {when} "
-            f"({', '.join(h.speakers)})",
-            highlight=False,
+            styled(
+                (f"{h.score:.3f}", "bold"),
+                f" {h.recording_id} #{h.chunk_index} seq {h.first_seq}-{h.last_seq} {when} ({', '.join(h.speakers)})",
+            )
         )
         out.print("   " + h.content[:300].replace("\n", "\n   "), highlight=False, markup=False)
 
@@ -496,7 +500,6 @@ def check(
     reachable with pgvector and the right dimension; exit 0 only when runs can work. The same function as
     the blocking `embedding_config_valid` check. Also reports each configured alert channel as reachable or
     not (no message is sent; an unreachable channel is a warning, not a failure)."""
-    from rich.markup import escape
 
     from embed_assets.defs.checks import configuration_report
     from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
@@ -513,9 +516,9 @@ def check(
         for k, v in facts.items():
             out.print(f"{k}: {v}", highlight=False, markup=False)
         for w in report.warnings:
-            err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
+            err.print(styled(("warning:", "yellow"), " ", w))
         for p in report.problems:
-            err.print(f"[red]problem:[/red] {escape(p)}", highlight=False)
+            err.print(styled(("problem:", "red"), " ", p))
         out.print("ok: runs can work" if report.ok else f"{len(report.problems)} problem(s)", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
@@ -573,10 +576,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             highlight=False,
             markup=False,
         )
-    out.print(
-        f"[{colour}]{h['verdict']}[/{colour}]" + (": " + "; ".join(h["reasons"]) if h["reasons"] else ""),
-        highlight=False,
-    )
+    out.print(styled((h["verdict"], colour), (": " + "; ".join(h["reasons"])) if h["reasons"] else ""))
 
 
 @app.command()
@@ -714,7 +714,7 @@ def model_activate(
         return
     out.print(f"{reg.model_id} is now the active model (was {gap.active_id})", highlight=False)
     if gap.lost:
-        err.print(f"[yellow]warning:[/yellow] {gap.describe()} until its backfill completes", highlight=False)
+        err.print(styled(("warning:", "yellow"), f" {gap.describe()} until its backfill completes"))
 
 
 @model_app.command("drop")
@@ -739,7 +739,7 @@ def main() -> None:
     try:
         app()
     except EmbedAssetsError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(styled(("error:", "red"), " ", str(e)), soft_wrap=True)
         sys.exit(1)
 
 

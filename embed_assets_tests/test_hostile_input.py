@@ -206,3 +206,71 @@ def test_a_server_that_never_answers_fails_check_within_the_connect_timeout(tmp_
         took = time.monotonic() - started
     assert proc.returncode == 1 and "connection timeout expired" in proc.stdout + proc.stderr
     print(f"check against a silent listener: {took:.1f} s (connect timeout {CONNECT_TIMEOUT_S} s per attempt)")
+
+
+HOSTILE_SPEAKERS = {
+    "hx-markup": [
+        ("[/]", "The renewal price is fixed for ZEBRA42QX customers."),
+        ("[link=https://evil.example/phish]Support Desk[/link]", "Please confirm ZEBRA42QX at our portal."),
+        ("Ana\u202eevil", "Right-to-left override inside ZEBRA42QX text \u202e here."),
+    ]
+}
+
+
+def test_transcript_text_is_printed_as_text_never_as_markup(conn: psycopg.Connection) -> None:
+    from embed_assets.lib.chunking import ChunkParams
+    from embed_assets.lib.embedders import LocalEmbedderConfig
+    from embed_assets.lib.pipeline import chunk_recording, embed_recording
+    from embed_assets.lib.sources.tables import upsert_transcript
+    from embed_assets.lib.transcripts import Segment, Transcript
+    from embed_assets_tests.support.models import reset_models
+
+    model = LocalEmbedderConfig().build()
+    try:
+        reset_models(conn, model.spec)
+        for rid, turns in HOSTILE_SPEAKERS.items():
+            upsert_transcript(conn, Transcript(rid, tuple(Segment(s, t) for s, t in turns), title=rid))
+            chunk_recording(conn, rid, model.spec, ChunkParams(24, 0))
+            embed_recording(conn, rid, model, insert_batch_size=50, statement_timeout_ms=30_000)
+    finally:
+        model.close()
+    proc = cli("search", "ZEBRA42QX", "--mode", "text", "-k", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert "MarkupError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "[/]" in proc.stdout  # printed, not parsed as a closing tag
+    assert "[link=https://evil.example/phish]Support Desk[/link]" in proc.stdout  # shown, not made a hyperlink
+    assert "\x1b]8;" not in proc.stdout  # no OSC 8 hyperlink escape
+    assert "\u202e" not in proc.stdout and "\\u202e" in proc.stdout  # the override is shown, not obeyed
+
+
+BAD_BATCHES = [
+    ("nul", json.dumps({"query": "price\u0000list"}).encode(), "NUL character at position 6"),
+    ("lone-surrogate", b'{"query": "price \\ud800 list"}\n', "not valid UTF-8"),
+    ("not-utf8", b'{"query": "pr\xe9\xe9 list"}\n', "not valid UTF-8 (byte 42)"),
+    ("one-megabyte", json.dumps({"query": "price " * 200_000}).encode(), "the limit is 4,000"),
+    ("empty", b'{"query": "   "}\n', '{"query": "..."} (a non-empty string)'),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in BAD_BATCHES], ids=[c[0] for c in BAD_BATCHES])
+@pytest.mark.parametrize("mode", ["hybrid", "text"])
+def test_a_bad_batch_query_is_named_before_any_runs(tmp_path: Path, mode: str, data: bytes, expected: str) -> None:
+    batch = tmp_path / "q.jsonl"
+    batch.write_bytes(b'{"query": "a fine question"}\n' + data)
+    proc = cli("search", "--batch", str(batch), "--mode", mode)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert expected in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "text", "vector"])
+def test_an_empty_or_undecodable_query_argument_is_refused(mode: str) -> None:
+    empty = cli("search", "  ", "--mode", mode)
+    assert empty.returncode == 1 and "the query is empty" in empty.stderr and empty.stdout == ""
+    proc = subprocess.run(  # argv bytes that are not UTF-8 arrive as lone surrogates
+        [str(BIN / "embed-assets"), "search", b"pr\xe9\xe9", "--mode", mode],
+        capture_output=True,
+        env={**os.environ, "DAGSTER_HOME": str(REPO)},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr

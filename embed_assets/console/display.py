@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol, TextIO
 
-from rich.console import Console, RenderableType
+from rich.console import RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from embed_assets.console.summary import money
+from embed_assets.console.text import UserConsole
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class LiveDisplay:
             TextColumn("recordings"),
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
-            console=Console(file=stream, highlight=False),
+            console=UserConsole(file=stream),
             redirect_stdout=False,  # Dagster redirects the file descriptors itself during steps
             redirect_stderr=False,
         )

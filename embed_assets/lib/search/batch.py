@@ -10,7 +10,8 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.errors import InputError
-from embed_assets.lib.search.query import Mode, search
+from embed_assets.lib.search.query import Mode, query_problem, search
+from embed_assets.lib.transcripts import json_lines
 
 EMBED_AT_ONCE = 64
 
@@ -23,18 +24,32 @@ class BatchQuery:
     k: int
 
 
+def read_queries(data: bytes, where: str, default_k: int) -> list[BatchQuery]:
+    """A --batch file's bytes as queries: UTF-8, one JSON object per line (split on newlines only: a JSON string
+    may hold U+2028 or U+0085)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
+    return parse_queries((line for _, line in json_lines(text)), where, default_k)
+
+
 def parse_queries(lines: Iterable[str], where: str, default_k: int) -> list[BatchQuery]:
-    """Lines ``{"query": ..., "recording_id": optional, "k": optional}``; a bad line names itself and the fix."""
+    """Lines ``{"query": ..., "recording_id": optional, "k": optional}``; a bad line names itself and the fix.
+    Every line is checked before any query runs, so a bad one never leaves a batch half answered."""
     out: list[BatchQuery] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}:{n}: malformed JSON ({e.msg}, column {e.colno})") from None
+        except (json.JSONDecodeError, RecursionError, ValueError) as e:
+            why = f"{e.msg}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else "unreadable"
+            raise InputError(f"{where}:{n}: malformed JSON ({why})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("query"), str) or not obj["query"].strip():
             raise InputError(f'{where}:{n}: each line needs {{"query": "..."}} (a non-empty string)')
+        if (problem := query_problem(obj["query"])) is not None:
+            raise InputError(f"{where}:{n}: {problem}")
         rid, k = obj.get("recording_id"), obj.get("k", default_k)
         if rid is not None and not isinstance(rid, str):
             raise InputError(f'{where}:{n}: "recording_id" must be a string')

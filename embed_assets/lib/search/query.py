@@ -12,11 +12,36 @@ from psycopg import sql
 
 from embed_assets.lib.db.connection import register_vector_types
 from embed_assets.lib.db.names import q
-from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.errors import ConfigError, InputError
 
 Mode = Literal["hybrid", "vector", "text"]
 MODES: tuple[str, ...] = ("hybrid", "vector", "text")
 DEFAULT_MODE: Mode = "hybrid"  # the best recall on the development set (README "Search")
+
+
+# A question, not a document: the models read ~256-8,192 tokens, and Postgres' tsvector refuses 1 MB of text.
+MAX_QUERY_CHARS = 4_000
+
+
+def query_problem(text: object) -> str | None:
+    """What makes ``text`` unusable as a search query (None when it is fine): the one check every way in shares
+    (the CLI's argument, each --batch line, search())."""
+    if not isinstance(text, str):
+        return f"a query must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "the query is empty; give the words to look for"
+    if len(text) > MAX_QUERY_CHARS:
+        return (
+            f"the query is {len(text):,} characters; the limit is {MAX_QUERY_CHARS:,} (ask a question, not a document)"
+        )
+    for pos, ch in enumerate(text, 1):
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            return (
+                f"the query is not valid UTF-8 (an undecodable byte or lone surrogate at position {pos}); re-encode it"
+            )
+        if ch == "\x00":
+            return f"the query holds a NUL character at position {pos}; remove it"
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,8 @@ def search(
     function of embed_search's body (a shadow model's, during `embed-assets model compare`)."""
     if mode not in MODES:
         raise ConfigError(f"search mode {mode!r} is not known; use one of {', '.join(MODES)}")
+    if query_text is not None and (problem := query_problem(query_text)) is not None:
+        raise InputError(problem)
     register_vector_types(conn)
     vec = None if mode == "text" or query_vector is None else query_vector.astype(np.float32)
     text = None if mode == "vector" else query_text
