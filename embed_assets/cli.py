@@ -40,14 +40,18 @@ def _spec():
 
 def _connect_migrated():
     """A connection to the vector store, its schema migrated and its models registered (the configured model on a
-    fresh install)."""
+    fresh install). The schema itself is created here only on the embedded default; elsewhere `migrate` does."""
     from embed_assets.lib.db.connection import connect, vector_database_url
-    from embed_assets.lib.db.migrations import migrate
+    from embed_assets.lib.db.migrations import may_create_schema, migrate
     from embed_assets.lib.models.registry import ensure_models
 
     conn = connect(vector_database_url())
     spec = _spec()
-    migrate(conn, spec.dimension)
+    try:
+        migrate(conn, spec.dimension, create_schema=may_create_schema())
+    except BaseException:
+        conn.close()
+        raise
     ensure_models(conn, spec)
     return conn
 

@@ -274,3 +274,27 @@ def test_an_empty_or_undecodable_query_argument_is_refused(mode: str) -> None:
         timeout=300,
     )
     assert proc.returncode == 1 and b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_a_mistyped_schema_is_named_and_never_created(conn: psycopg.Connection) -> None:
+    for command in ("status", "check", "search"):
+        args = (command, "pricing") if command == "search" else (command,)
+        proc = cli(*args, env={"EMBED_SCHEMA": "embed_asets"})
+        assert proc.returncode != 0, (command, proc.stdout)
+        assert "schema 'embed_asets' does not exist" in proc.stdout + proc.stderr, (command, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'embed_asets'").fetchone()[0] == 0
+
+
+def test_check_runs_the_source_sql_read_only(conn: psycopg.Connection, tmp_path: Path) -> None:
+    source = tmp_path / "source.yaml"
+    source.write_text(
+        "name: sneaky\n"
+        "recordings: SELECT 'hx-lo'::text AS recording_id, lo_create(0)::text AS title\n"
+        "turns: SELECT 'hx-lo'::text AS recording_id, 0 AS seq, 'A' AS speaker, 'hi' AS text\n"
+    )
+    before = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
+    proc = cli("check", env={"EMBED_SOURCE": str(source)})
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "read-only transaction" in proc.stdout + proc.stderr
+    assert conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == before

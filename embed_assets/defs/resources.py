@@ -10,7 +10,7 @@ import psycopg
 from pydantic import PrivateAttr, SecretStr
 
 from embed_assets.lib.db.connection import connect, vector_database_url
-from embed_assets.lib.db.migrations import migrate
+from embed_assets.lib.db.migrations import may_create_schema, migrate
 from embed_assets.lib.embedders import Embedder, LocalEmbedderConfig, OpenAIEmbedderConfig
 from embed_assets.lib.embedders.base import LazyEmbedder, texts_function
 from embed_assets.lib.models import ModelSpec, resolve_model
@@ -47,7 +47,7 @@ class VectorStoreResource(dg.ConfigurableResource):
         """The models this database keeps vectors for, the active one first (lib/models/registry.py); on a fresh
         install (or one holding no vector yet) ``configured`` is registered and made active first."""
         with self.connect() as conn:
-            migrate(conn, configured.dimension)
+            migrate(conn, configured.dimension, create_schema=may_create_schema())
             return ensure_models(conn, configured)
 
 

@@ -24,6 +24,9 @@ RECORDINGS_PER_RUN = 100
 CLI_WRITERS = 2
 
 
+DEFAULT_SCHEMA = "embed_assets"
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None
@@ -33,7 +36,7 @@ class Settings:
     model: str
     dimensions: int | None
     openai_base_url: str | None
-    schema: str = "embed_assets"  # EMBED_SCHEMA: where every object of the project lives (lib/db/names.py)
+    schema: str = DEFAULT_SCHEMA  # EMBED_SCHEMA: where every object of the project lives (lib/db/names.py)
 
     @property
     def embedded(self) -> bool:
@@ -73,7 +76,7 @@ def load_settings() -> Settings:
         model=model,
         dimensions=_env("EMBED_DIMENSIONS", int, None),
         openai_base_url=os.environ.get("OPENAI_BASE_URL", "").strip() or None,
-        schema=os.environ.get("EMBED_SCHEMA", "").strip() or "embed_assets",
+        schema=os.environ.get("EMBED_SCHEMA", "").strip() or DEFAULT_SCHEMA,
     )
 
 

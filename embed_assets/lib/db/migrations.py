@@ -22,6 +22,7 @@ from psycopg import sql
 from embed_assets.lib.db.connection import first_line
 from embed_assets.lib.db.names import forget, names, q, schema_name
 from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.settings import DEFAULT_SCHEMA, load_settings
 
 # pg_advisory_xact_lock key: a constant of our own ("embedasm" in ASCII).
 MIGRATION_LOCK = 0x656D626564_61736D & 0x7FFFFFFFFFFFFFFF
@@ -426,9 +427,20 @@ def _needs_work(conn: psycopg.Connection, schema: str) -> bool:
     return done < LATEST
 
 
-def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
-    """Apply pending migrations; returns the versions applied by this call (empty when up to date)."""
+def may_create_schema() -> bool:
+    """Whether any command may create the project's schema on first use: only on the embedded default (no
+    EMBED_DATABASE_URL, default EMBED_SCHEMA). Elsewhere `embed-assets migrate` creates it, so a mistyped
+    EMBED_SCHEMA is named instead of silently becoming a new, empty schema that reports "healthy"."""
+    settings = load_settings()
+    return settings.embedded and settings.schema == DEFAULT_SCHEMA
+
+
+def migrate(conn: psycopg.Connection, dimension: int, *, create_schema: bool = True) -> list[int]:
+    """Apply pending migrations; returns the versions applied by this call (empty when up to date). With
+    ``create_schema=False`` a schema that does not exist yet is a ConfigError naming it and the fix."""
     schema = schema_name()
+    if not create_schema:
+        require_schema(conn, schema)
     try:
         if not _needs_work(conn, schema):
             return []
@@ -443,6 +455,21 @@ def migrate(conn: psycopg.Connection, dimension: int) -> list[int]:
             f"as the schema's owner (a role with CREATE on the database), or have an admin run: "
             f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {user};"
         ) from None
+
+
+def require_schema(conn: psycopg.Connection, schema: str | None = None) -> None:
+    """A ConfigError naming the project's schema and the fix when it does not exist (nor a legacy install)."""
+    schema = schema or schema_name()
+    exists, legacy, database = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s),
+                  to_regclass('public.schema_migrations') IS NOT NULL, current_database()""",
+        (schema,),
+    ).fetchone()
+    if not exists and not legacy:
+        raise ConfigError(
+            f"schema {schema!r} does not exist in database {database!r}: if EMBED_SCHEMA is mistyped, fix it; "
+            "to install there, run `embed-assets migrate` once (it creates the schema)"
+        )
 
 
 def _migrate(conn: psycopg.Connection, schema: str, dimension: int) -> list[int]:

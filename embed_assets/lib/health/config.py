@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from embed_assets.lib.db.connection import connect
-from embed_assets.lib.db.migrations import check_access, schema_version
+from embed_assets.lib.db.migrations import check_access, may_create_schema, require_schema, schema_version
 from embed_assets.lib.db.names import names
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError
 from embed_assets.lib.models import ModelSpec
@@ -64,6 +64,8 @@ def check_configuration(
                 )
             else:
                 report.facts["pgvector"] = ext[0]
+            if not may_create_schema():
+                require_schema(conn)  # a mistyped EMBED_SCHEMA is named, not created by the first run
             check_access(conn)
             providers = _check_models(conn, spec, report) or providers
     except (EmbedAssetsError, psycopg.Error) as e:
@@ -92,7 +94,10 @@ def _check_source(source: Callable[[], ExternalSource | None], report: ConfigRep
             report.facts["source"] = "project tables (recordings, transcript_segments)"
             return
         report.facts["source"] = ext.describe()
-        with ext.connect() as conn:
+        with ext.connect() as conn, conn.transaction():
+            # READ ONLY: the source's SQL is the user's, and checking it must not change anything (a query calling
+            # lo_create, say, would otherwise create a large object at every check).
+            conn.execute("SET TRANSACTION READ ONLY")
             ids = ext.ids(conn)
         cursor = "updated_at cursor" if ext.has_updated_at else f"hash reconcile every {ext.definition.reconcile_s:g} s"
         report.facts["source_rows"] = f"{len(ids)} recordings readable ({cursor})"
