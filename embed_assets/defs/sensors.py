@@ -10,20 +10,21 @@ from embed_assets.defs.health import SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.defs.runs import CANCEL_WINDOW, RANGE_END_TAG, RANGE_START_TAG, in_flight, last_cancelled
 from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
 from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
 from embed_assets.lib.sources.sync import sync_source
 
-# The tags by which a run covers a range of partitions (what a backfill's runs carry; dagster's own names).
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+__all__ = ["RANGE_END_TAG", "RANGE_START_TAG", "new_recordings_sensor", "run_key"]
 
 
-def run_key(recording_id: str, model_ids: list[str], content_hash: str) -> str:
-    """Deterministic: one run per (recording, models it is pending for, content). A changed transcript gets a
-    new key, and so does a model registered later (a shadow being built); an unchanged one can never be
-    requested twice (Dagster skips a run key it has seen)."""
-    return f"{recording_id}@{'+'.join(model_ids)}@{content_hash[:16]}"
+def run_key(recording_id: str, model_ids: list[str], content_hash: str, version: int) -> str:
+    """Deterministic: one run per (recording, models it is pending for, content, version). Dagster skips a run
+    key it has seen, whatever that run's outcome, so the key must change whenever the work is needed again:
+    ``version`` (migration 9) grows with every content change, re-insert and model registration, so an edit
+    A -> B -> A, a recording deleted and loaded again, or a model dropped and registered again is a new key;
+    an unchanged recording can never be requested twice."""
+    return f"{recording_id}@{'+'.join(model_ids)}@{content_hash[:16]}@{version}"
 
 
 def range_key(members: list[str]) -> str:
@@ -93,19 +94,26 @@ def new_recordings_sensor(
         deleted, tombstone = deletions_since(conn, int(cursor.get("del", 0)), 100_000)
         reconcile = now.timestamp() - float(cursor.get("reconciled", 0)) >= settings.reconcile_every_s
         source_ids = all_recording_ids(conn) if reconcile else None
-        late = pending_before(conn, after[0], settings.max_runs_per_tick) if reconcile and after else []
+        late = []
+        if reconcile and after:
+            # Not those a queued or running run will write, nor those whose run an operator cancelled (the retry
+            # schedule's business, at most once: see retry_failed_recordings).
+            skip = in_flight(context.instance, known_in_order) | set(
+                last_cancelled(context.instance, known_in_order, now - CANCEL_WINDOW)
+            )
+            late = pending_before(conn, after[0], settings.max_runs_per_tick, skip)
 
-    def single(recording_id: str, content_hash: str, pending: list[str]) -> dg.RunRequest:
+    def single(recording_id: str, content_hash: str, pending: list[str], version: int) -> dg.RunRequest:
         return dg.RunRequest(
             partition_key=recording_id,
-            run_key=run_key(recording_id, pending, content_hash),
+            run_key=run_key(recording_id, pending, content_hash, version),
             tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: content_hash[:16]},
         )
 
     run_requests: list[dg.RunRequest] = []
     cap = settings.max_runs_per_tick
     # Pending recordings in cursor order, as many as the tick's runs could hold if they were consecutive.
-    candidates: list[tuple[int, str, str, list[str]]] = []  # (row index, id, hash, models)
+    candidates: list[tuple[int, str, str, list[str], int]] = []  # (row index, id, hash, models, version)
     seen: set[str] = set()
     stop = len(rows)
     for i, row in enumerate(rows):
@@ -113,21 +121,23 @@ def new_recordings_sensor(
             if len(candidates) >= cap * RECORDINGS_PER_RUN:
                 stop = i  # the cursor stops before this row; the next tick continues from it
                 break
-            candidates.append((i, row.recording_id, row.content_hash, row.models))
+            candidates.append((i, row.recording_id, row.content_hash, row.models, row.version))
             seen.add(row.recording_id)
 
-    adds = [r.recording_id for r in rows if r.recording_id not in known]
-    deletes = [k for k in deleted if k in known]
+    # Sets for every membership test: a source re-keyed (100,000 tombstones against as many adds) must stay well
+    # inside Dagster's sensor timeout, or the cursor never advances and every tick repeats the work.
+    adds = list(dict.fromkeys(r.recording_id for r in rows if r.recording_id not in known))
+    deletes = {k for k in deleted if k in known}
     if source_ids is not None:
         adds += sorted(source_ids - known - set(adds))
-        deletes += sorted(known - source_ids - set(deletes))
-    new_adds = list(dict.fromkeys(a for a in adds if a not in deletes))
+        deletes |= known - source_ids
+    new_adds = [a for a in adds if a not in deletes]
     # The partitions' order once this tick's adds are applied (the daemon adds them before it launches runs).
-    order = {key: i for i, key in enumerate(known_in_order + [a for a in new_adds if a not in known])}
+    order = {key: i for i, key in enumerate(known_in_order + new_adds)}
     candidates = [c for c in candidates if c[1] in order and c[1] not in deletes]
 
     def grouped(k: int) -> list[list[str]]:  # the first k candidates (cursor order) as runs
-        return contiguous_groups([rid for _, rid, _, _ in candidates[:k]], order, RECORDINGS_PER_RUN)
+        return contiguous_groups([c[1] for c in candidates[:k]], order, RECORDINGS_PER_RUN)
 
     groups = grouped(len(candidates))
     if len(groups) > cap:
@@ -139,14 +149,14 @@ def new_recordings_sensor(
             lo, hi = (mid, hi) if len(grouped(mid)) <= cap else (lo, mid - 1)
         stop, candidates, groups = candidates[lo][0], candidates[:lo], grouped(lo)
     position = (rows[stop - 1].updated_at, rows[stop - 1].recording_id) if stop > 0 else after
-    pending = {rid: (h, models) for _, rid, h, models in candidates}
+    pending = {rid: (h, models, version) for _, rid, h, models, version in candidates}
     for group in groups:
         if len(group) == 1:
             run_requests.append(single(group[0], *pending[group[0]]))
         else:
             run_requests.append(
                 dg.RunRequest(
-                    run_key=range_key([run_key(k, pending[k][1], pending[k][0]) for k in group]),
+                    run_key=range_key([run_key(k, pending[k][1], pending[k][0], pending[k][2]) for k in group]),
                     tags={TRIGGER_TAG: "sensor", RANGE_START_TAG: group[0], RANGE_END_TAG: group[-1]},
                 )
             )
@@ -154,13 +164,13 @@ def new_recordings_sensor(
     for row in late:
         if len(run_requests) < cap and row.recording_id not in requested:
             requested.add(row.recording_id)
-            run_requests.append(single(row.recording_id, row.content_hash, row.models))
+            run_requests.append(single(row.recording_id, row.content_hash, row.models, row.version))
 
     partition_requests: list = []
     if new_adds:
         partition_requests.append(recordings_partitions.build_add_request(new_adds))
     if deletes:
-        partition_requests.append(recordings_partitions.build_delete_request(deletes))
+        partition_requests.append(recordings_partitions.build_delete_request(sorted(deletes)))
     # A recording both re-added and requested must exist as a partition before its run: adds come first.
     run_requests = [r for r in run_requests if r.partition_key not in deletes]
 
