@@ -12,7 +12,14 @@ from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.runs import CANCEL_WINDOW, RANGE_END_TAG, RANGE_START_TAG, in_flight, last_cancelled
 from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
-from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
+from embed_assets.lib.sources.discovery import (
+    all_recording_ids,
+    changes_since,
+    db_now,
+    deletions_since,
+    model_generations,
+    pending_before,
+)
 from embed_assets.lib.sources.sync import sync_source
 
 __all__ = ["RANGE_END_TAG", "RANGE_START_TAG", "new_recordings_sensor", "run_key"]
@@ -66,17 +73,22 @@ def new_recordings_sensor(
     settings = automation_settings()
     models = sorted(m.model_id for m in store.models(embedder.spec()))
     cursor = json.loads(context.cursor) if context.cursor else {}
-    if any(m not in cursor.get("models", models) for m in models):
-        cursor.pop("ts", None)  # a model registered since the last tick: every recording is pending for it
-        cursor.pop("id", None)
-        context.log.info(f"models registered since the last tick ({', '.join(models)}): scanning every recording")
-    cursor["models"] = models
-    after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
     known_in_order = list(context.instance.get_dynamic_partitions(recordings_partitions.name))
     known = set(known_in_order)
 
     source = store.source()  # EMBED_SOURCE: the user's tables, read in place; None: the project's tables
     with store.connect() as conn:
+        # Each model as "model#generation": one dropped and registered again is new too (a cursor from before
+        # migration 9 holds bare names, which are generation 0).
+        generations = model_generations(conn)
+        tokens = [f"{m}#{generations.get(m, 0)}" for m in models]
+        before = {t if "#" in t else f"{t}#0" for t in cursor.get("models", tokens)}
+        if any(t not in before for t in tokens):
+            cursor.pop("ts", None)  # a model registered since the last tick: every recording is pending for it
+            cursor.pop("id", None)
+            context.log.info(f"models registered since the last tick ({', '.join(models)}): scanning every recording")
+        cursor["models"] = tokens
+        after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
         if source is not None:
             with source.connect() as source_conn:
                 cursor["source"], report = sync_source(

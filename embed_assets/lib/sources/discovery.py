@@ -135,6 +135,11 @@ def source_hashes(conn: psycopg.Connection, ids: list[str]) -> dict[str, str]:
     )
 
 
+def model_generations(conn: psycopg.Connection) -> dict[str, int]:
+    """Each registered model's generation (migration 9): a model registered again has a new one."""
+    return dict(conn.execute(q(conn, "SELECT model, generation FROM {s}.models")).fetchall())
+
+
 def db_now(conn: psycopg.Connection) -> datetime:
     return conn.execute("SELECT now()").fetchone()[0]
 
