@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -29,6 +30,7 @@ from embed_assets.lib.sources import registry
 from embed_assets.lib.sources.external import SourceRow
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
 from embed_assets_tests.support.openai_server import FakeOpenAI
 from embed_assets_tests.support.sensor_requests import covered
 
@@ -276,3 +278,47 @@ def test_20000_adds_against_20000_deletions_in_one_tick(conn: psycopg.Connection
     deletes = [r for r in result.dynamic_partitions_requests if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
     assert sum(len(r.partition_keys) for r in adds) == n and sum(len(r.partition_keys) for r in deletes) == n
     assert result.run_requests and json.loads(result.cursor)["del"] > 0
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 600) -> None:
+    """Poll (coordination only: nothing is asserted about how long it took)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_the_daemon_embeds_a_transcript_that_returns_to_an_earlier_version(
+    tmp_path: Path,
+    conn: psycopg.Connection,
+    dagster_db: str,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real daemon (dagster dev): its sensor ticks and its run-key skipping decide, not this test."""
+    home = make_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
+    monkeypatch.setenv("EMBED_RETRY_CRON", "0 3 1 1 *")  # the sensor alone
+    model = conn.execute("SELECT model FROM embed_assets.models").fetchone()[0]
+
+    def embedded_at(content_hash: str) -> bool:
+        row = conn.execute(
+            "SELECT source_hash FROM embed_assets.embedded_recordings WHERE recording_id = 'r1' AND model = %s",
+            (model,),
+        ).fetchone()
+        return row is not None and row[0] == content_hash
+
+    with DagsterDev(home, {}, tmp_path / "dagster-dev.log"):
+        for text in ("version A", "version B", "version A"):
+            t = rec("r1", text)
+            upsert_transcript(conn, t)
+            wait_for(lambda t=t: embedded_at(t.content_hash), f"r1 embedded at {text} by the daemon's sensor run")
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        runs = instance.get_runs(dg.RunsFilter(tags={SENSOR_NAME_TAG: SENSOR}))
+        assert len(runs) == 3 and len({r.tags[RUN_KEY_TAG] for r in runs}) == 3
+    finally:
+        instance.dispose()
