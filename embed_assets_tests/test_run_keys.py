@@ -201,6 +201,17 @@ def test_a_sensor_run_an_operator_cancelled_is_launched_again_once(
     assert isinstance(evaluate(instance), dg.SkipReason)  # embedded: nothing pending
 
 
+def test_a_late_commit_after_a_cancelled_run_is_still_requested_by_the_hourly_pass(
+    conn: psycopg.Connection, instance: dg.DagsterInstance
+) -> None:
+    upsert_transcript(conn, rec("r1", "version A"))
+    first = tick(instance, None)
+    launch(instance, first, dg.DagsterRunStatus.CANCELED)
+    upsert_transcript(conn, rec("r1", "version B"))  # written after that run was cancelled; its commit is late:
+    late = {**json.loads(first.cursor), "ts": "2999-01-01T00:00:00+00:00", "id": "", "reconciled": 0}
+    assert [r.partition_key for r in tick(instance, json.dumps(late)).run_requests] == ["r1"]
+
+
 def evaluate(instance: dg.DagsterInstance):
     ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC), resources=RESOURCES)
     return retry_failed_recordings(ctx)

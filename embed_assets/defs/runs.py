@@ -41,26 +41,25 @@ def covered(run: dg.DagsterRun, order: dict[str, int], keys: Sequence[str]) -> l
 
 def runs_of(
     instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus], updated_after: datetime | None = None
-) -> list[dg.DagsterRun]:
+) -> list[dg.RunRecord]:
     """The embedding runs in ``statuses``, newest first."""
-    return list(
-        instance.get_runs(dg.RunsFilter(job_name=embed_recordings.name, statuses=statuses, updated_after=updated_after))
-    )
+    runs = dg.RunsFilter(job_name=embed_recordings.name, statuses=statuses, updated_after=updated_after)
+    return list(instance.get_run_records(runs))
 
 
 def in_flight(instance: dg.DagsterInstance, keys: Sequence[str]) -> set[str]:
     """Recordings a queued or running embedding run (single or range) will still write."""
     order = {k: i for i, k in enumerate(keys)}
-    return {k for run in runs_of(instance, UNFINISHED) for k in covered(run, order, keys)}
+    return {k for r in runs_of(instance, UNFINISHED) for k in covered(r.dagster_run, order, keys)}
 
 
 def last_cancelled(
     instance: dg.DagsterInstance, keys: Sequence[str], updated_after: datetime
-) -> dict[str, dg.DagsterRun]:
+) -> dict[str, dg.RunRecord]:
     """The newest cancelled embedding run of each recording, among runs cancelled after ``updated_after``."""
     order = {k: i for i, k in enumerate(keys)}
-    out: dict[str, dg.DagsterRun] = {}
-    for run in runs_of(instance, [dg.DagsterRunStatus.CANCELED], updated_after):
-        for k in covered(run, order, keys):
-            out.setdefault(k, run)
+    out: dict[str, dg.RunRecord] = {}
+    for record in runs_of(instance, [dg.DagsterRunStatus.CANCELED], updated_after):
+        for k in covered(record.dagster_run, order, keys):
+            out.setdefault(k, record)
     return out

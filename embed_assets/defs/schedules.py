@@ -55,9 +55,9 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
         hashes = source_hashes(conn, keys)
         unreadable = unreadable_ids(conn)  # retrying cannot read a malformed source row; its change will
         cancelled = {
-            k: run
-            for k, run in last_cancelled(instance, keys, db_now(conn) - CANCEL_WINDOW).items()
-            if run.tags.get(TRIGGER_TAG) == "sensor"
+            k: record.dagster_run
+            for k, record in last_cancelled(instance, keys, db_now(conn) - CANCEL_WINDOW).items()
+            if record.dagster_run.tags.get(TRIGGER_TAG) == "sensor"
         }
         current = changes_of(conn, cancelled) if cancelled else {}
     state = failure_state(instance, keys, hashes, settings.small_batch_attempts)

@@ -108,12 +108,16 @@ def new_recordings_sensor(
         source_ids = all_recording_ids(conn) if reconcile else None
         late = []
         if reconcile and after:
-            # Not those a queued or running run will write, nor those whose run an operator cancelled (the retry
-            # schedule's business, at most once: see retry_failed_recordings).
-            skip = in_flight(context.instance, known_in_order) | set(
-                last_cancelled(context.instance, known_in_order, now - CANCEL_WINDOW)
+            # Not those a queued or running run will write, nor those whose run (of this very row: created after
+            # it was written) an operator cancelled: the retry schedule's business, once.
+            cancelled = last_cancelled(context.instance, known_in_order, now - CANCEL_WINDOW)
+            late = pending_before(
+                conn,
+                after[0],
+                settings.max_runs_per_tick,
+                in_flight(context.instance, known_in_order),
+                {k: r.create_timestamp for k, r in cancelled.items()},
             )
-            late = pending_before(conn, after[0], settings.max_runs_per_tick, skip)
 
     def single(recording_id: str, content_hash: str, pending: list[str], version: int) -> dg.RunRequest:
         return dg.RunRequest(

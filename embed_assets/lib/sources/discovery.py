@@ -67,22 +67,36 @@ def changes_since(
 
 
 def pending_before(
-    conn: psycopg.Connection, before: datetime, limit: int, skip: Iterable[str] = ()
+    conn: psycopg.Connection,
+    before: datetime,
+    limit: int,
+    skip: Iterable[str] = (),
+    cancelled: dict[str, datetime] | None = None,
 ) -> list[SourceChange]:
-    """Pending, never-failed recordings behind the cursor, but those in ``skip`` (a run of theirs is queued or in
-    progress): what a very late commit could have hidden. Filtered in SQL before the LIMIT, so any number of
-    failed or unreadable rows behind the cursor cannot hide a late one. Used by the periodic reconcile pass (a
-    full scan, so not every tick)."""
+    """Pending, never-failed recordings behind the cursor: what a very late commit could have hidden. Not those in
+    ``skip`` (a run of theirs is queued or in progress), nor those whose run was cancelled (``cancelled``: id ->
+    the run's creation) after the row was written. Filtered in SQL before the LIMIT, so any number of failed or
+    unreadable rows behind the cursor cannot hide a late one. Used by the periodic reconcile pass (a full scan,
+    so not every tick)."""
+    cancelled = cancelled or {}
     rows = conn.execute(
         q(
             conn,
-            _CHANGES
+            _CHANGES  # noqa: S608 (constant SQL, composed by q())
             + """WHERE r.updated_at <= %(before)s AND cardinality(p.models) > 0 AND NOT """
             + _FAILED
             + """ AND NOT (r.recording_id = ANY(%(skip)s))
+                 AND NOT EXISTS (SELECT 1 FROM unnest(%(cids)s::text[], %(cat)s::timestamptz[]) AS c(id, at)
+                                 WHERE c.id = r.recording_id AND c.at >= r.updated_at)
                  ORDER BY r.updated_at, r.recording_id LIMIT %(limit)s""",
         ),
-        {"before": before, "limit": limit, "skip": list(skip)},
+        {
+            "before": before,
+            "limit": limit,
+            "skip": list(skip),
+            "cids": list(cancelled),
+            "cat": list(cancelled.values()),
+        },
     ).fetchall()
     return [SourceChange(*r) for r in rows]
 
