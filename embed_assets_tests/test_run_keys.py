@@ -333,3 +333,31 @@ def test_the_daemon_embeds_a_transcript_that_returns_to_an_earlier_version(
         assert len(runs) == 3 and len({r.tags[RUN_KEY_TAG] for r in runs}) == 3
     finally:
         instance.dispose()
+
+
+def test_a_worker_role_without_ddl_rights_bumps_the_generation_on_every_write(conn: psycopg.Connection) -> None:
+    """The trigger of migration 9 runs for any writer: `load` as a granted worker role, here."""
+    from embed_assets.lib.db import roles
+
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'generation_worker'").fetchone() is None:
+        conn.execute("CREATE ROLE generation_worker LOGIN")
+    roles.grant(conn, "generation_worker", "runtime")
+
+    def generation() -> int:
+        return conn.execute("SELECT generation FROM embed_assets.recordings WHERE recording_id = 'r1'").fetchone()[0]
+
+    try:
+        conn.execute("SET ROLE generation_worker")
+        seen = []
+        for text in ("version A", "version B", "version A", "version A"):
+            upsert_transcript(conn, rec("r1", text))
+            seen.append(generation())
+        conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'r1'")
+        upsert_transcript(conn, rec("r1", "version A"))
+        seen.append(generation())
+    finally:
+        conn.execute("RESET ROLE")
+        roles.revoke(conn, "generation_worker")
+        conn.execute("DROP ROLE generation_worker")
+    # every change and the re-insert take a new, larger generation; an unchanged load keeps it
+    assert seen[0] < seen[1] < seen[2] == seen[3] < seen[4]
