@@ -67,9 +67,11 @@ def new_recordings_sensor(
     in place into the project's registry of recordings: lib/sources/sync.py); adds/deletes their partitions and
     requests runs to embed them: recordings that are consecutive partitions (a bulk load, a first pass over a
     source) share a run of up to RECORDINGS_PER_RUN, as a backfill's do; scattered ones get a run each. At most
-    EMBED_SENSOR_MAX_RUNS runs per tick; the rest follow on the next ticks. Recordings whose last attempt
-    failed are left to `retry_failed_recordings`. Once an hour it reconciles partitions with the source in
-    full."""
+    EMBED_SENSOR_MAX_RUNS runs per tick; the rest follow on the next ticks. Run keys carry the recording's
+    generation, so a state that comes back (A -> B -> A, deleted and loaded again) runs again. Recordings whose
+    last attempt failed, or whose run an operator cancelled, are left to `retry_failed_recordings`. Once an hour
+    it reconciles partitions with the source in full and requests pending rows behind the cursor (a late
+    commit) that no queued or running run covers."""
     settings = automation_settings()
     models = sorted(m.model_id for m in store.models(embedder.spec()))
     cursor = json.loads(context.cursor) if context.cursor else {}
