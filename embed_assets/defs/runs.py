@@ -1,4 +1,4 @@
-"""Which recordings the runs of `embed_recordings` cover: those still queued or in progress, and cancelled ones."""
+"""Which recordings embedding runs cover: those still queued or in progress, and cancelled ones."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import dagster as dg
-
-from embed_assets.defs.jobs import embed_recordings
 
 # The tags by which a run covers a range of partitions (what a backfill's runs carry; dagster's own names).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -42,8 +40,9 @@ def covered(run: dg.DagsterRun, order: dict[str, int], keys: Sequence[str]) -> l
 def runs_of(
     instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus], updated_after: datetime | None = None
 ) -> list[dg.RunRecord]:
-    """The embedding runs in ``statuses``, newest first."""
-    runs = dg.RunsFilter(job_name=embed_recordings.name, statuses=statuses, updated_after=updated_after)
+    """The runs in ``statuses``, newest first: of any job, since a UI launch of the assets runs `__ASSET_JOB`
+    (only runs of the `recordings` partitions carry the partition tags ``covered`` reads)."""
+    runs = dg.RunsFilter(statuses=statuses, updated_after=updated_after)
     return list(instance.get_run_records(runs))
 
 
