@@ -10,11 +10,14 @@ from embed_assets.defs.health import RETRY_TRIGGER, SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import VectorStoreResource
+from embed_assets.defs.runs import CANCEL_WINDOW, RANGE_END_TAG, RANGE_START_TAG, in_flight, last_cancelled
+from embed_assets.defs.sensors import contiguous_groups, range_key, run_key
 from embed_assets.lib.errors import ConfigError
-from embed_assets.lib.settings import automation_settings
-from embed_assets.lib.sources.discovery import source_hashes, unreadable_ids
+from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
+from embed_assets.lib.sources.discovery import SourceChange, changes_of, db_now, source_hashes, unreadable_ids
 
 DEFAULT_RETRY_CRON = "*/15 * * * *"
+RESUME_TRIGGER = "resume"  # a run that picks up a cancelled sensor run's work
 
 
 def cron_setting(name: str, default: str) -> str:
@@ -40,19 +43,30 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
     re-launched alone with the small-batch preset (5 vectors per insert, long timeouts). After
     EMBED_SMALL_BATCH_ATTEMPTS (3) such runs for the same transcript it is dead-lettered (a source row that
     cannot be read is not retried: only its change can help, and the sensor sees that): no more automatic
-    retries, visible in `embed-assets status` and the completion_rate check, re-launchable by hand."""
+    retries, visible in `embed-assets status` and the completion_rate check, re-launchable by hand.
+
+    Work of a sensor run that an operator cancelled (the recording still pending, no run of it queued or
+    running, its partition not FAILED) is launched again on the next tick, once: a cancelled re-launch is
+    respected, and so is a cancelled run launched by hand (UI, backfill)."""
     settings = automation_settings()
     instance = context.instance
     keys = instance.get_dynamic_partitions(recordings_partitions.name)
     with store.connect() as conn:
         hashes = source_hashes(conn, keys)
         unreadable = unreadable_ids(conn)  # retrying cannot read a malformed source row; its change will
+        cancelled = {
+            k: record.dagster_run
+            for k, record in last_cancelled(instance, keys, db_now(conn) - CANCEL_WINDOW).items()
+            if record.dagster_run.tags.get(TRIGGER_TAG) == "sensor"
+        }
+        current = changes_of(conn, cancelled) if cancelled else {}
     state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
-    requests = []
+    resumes = resume_requests(instance, keys, cancelled, current, set(state.all_failed), settings.max_runs_per_tick)
+    requests = list(resumes)
     for key in state.failed:
         if key in state.in_flight or key in unreadable:
             continue
-        if len(requests) >= settings.retries_per_tick:
+        if len(requests) - len(resumes) >= settings.retries_per_tick:
             break
         attempt = state.attempts[key] + 1
         h = hashes[key][:16]
@@ -70,5 +84,50 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
             f"waiting for a fix: {len(unreadable & set(state.failed))}), "
             f"{len(state.dead_lettered)} dead-lettered: nothing to launch"
         )
-    context.log.info(f"retrying {len(requests)} recording(s) with the small-batch preset")
+    context.log.info(
+        f"retrying {len(requests) - len(resumes)} recording(s) with the small-batch preset; "
+        f"{len(resumes)} run(s) picking up cancelled work"
+    )
+    return requests
+
+
+def resume_requests(
+    instance: dg.DagsterInstance,
+    keys: list[str],
+    cancelled: dict[str, dg.DagsterRun],
+    current: dict[str, SourceChange],
+    failed: set[str],
+    most: int,
+) -> list[dg.RunRequest]:
+    """Runs (at most ``most``, consecutive partitions sharing one as the sensor's do) for the recordings whose
+    newest cancelled run the sensor launched and that are still pending: not embedded, not failed (the retries'
+    business), no run of theirs queued or running. A cancelled run of these is tagged RESUME_TRIGGER, so a
+    second cancel is respected (the newest cancelled run is then not the sensor's)."""
+    waiting = [k for k in cancelled if k in current and current[k].pending and not current[k].failed]
+    waiting = [k for k in waiting if k not in failed]
+    if not waiting:
+        return []
+    busy = in_flight(instance, keys)
+    order = {k: i for i, k in enumerate(keys)}
+    groups = contiguous_groups([k for k in waiting if k not in busy], order, RECORDINGS_PER_RUN)[:most]
+    requests = []
+    for group in groups:
+        members = [f"{run_key(k, current[k].models, current[k].content_hash, current[k].version)}" for k in group]
+        origin = cancelled[group[0]].run_id[:8]
+        if len(group) == 1:
+            (k,) = group
+            requests.append(
+                dg.RunRequest(
+                    partition_key=k,
+                    run_key=f"resume:{members[0]}:{origin}",
+                    tags={TRIGGER_TAG: RESUME_TRIGGER, SOURCE_HASH_TAG: current[k].content_hash[:16]},
+                )
+            )
+        else:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"resume:{range_key(members)}",
+                    tags={TRIGGER_TAG: RESUME_TRIGGER, RANGE_START_TAG: group[0], RANGE_END_TAG: group[-1]},
+                )
+            )
     return requests

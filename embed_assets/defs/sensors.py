@@ -10,20 +10,28 @@ from embed_assets.defs.health import SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
+from embed_assets.defs.runs import CANCEL_WINDOW, RANGE_END_TAG, RANGE_START_TAG, in_flight, last_cancelled
 from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
-from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
+from embed_assets.lib.sources.discovery import (
+    all_recording_ids,
+    changes_since,
+    db_now,
+    deletions_since,
+    model_generations,
+    pending_before,
+)
 from embed_assets.lib.sources.sync import sync_source
 
-# The tags by which a run covers a range of partitions (what a backfill's runs carry; dagster's own names).
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+__all__ = ["RANGE_END_TAG", "RANGE_START_TAG", "new_recordings_sensor", "run_key"]
 
 
-def run_key(recording_id: str, model_ids: list[str], content_hash: str) -> str:
-    """Deterministic: one run per (recording, models it is pending for, content). A changed transcript gets a
-    new key, and so does a model registered later (a shadow being built); an unchanged one can never be
-    requested twice (Dagster skips a run key it has seen)."""
-    return f"{recording_id}@{'+'.join(model_ids)}@{content_hash[:16]}"
+def run_key(recording_id: str, model_ids: list[str], content_hash: str, version: int) -> str:
+    """Deterministic: one run per (recording, models it is pending for, content, version). Dagster skips a run
+    key it has seen, whatever that run's outcome, so the key must change whenever the work is needed again:
+    ``version`` (migration 9) grows with every content change, re-insert and model registration, so an edit
+    A -> B -> A, a recording deleted and loaded again, or a model dropped and registered again is a new key;
+    an unchanged recording can never be requested twice."""
+    return f"{recording_id}@{'+'.join(model_ids)}@{content_hash[:16]}@{version}"
 
 
 def range_key(members: list[str]) -> str:
@@ -59,23 +67,30 @@ def new_recordings_sensor(
     in place into the project's registry of recordings: lib/sources/sync.py); adds/deletes their partitions and
     requests runs to embed them: recordings that are consecutive partitions (a bulk load, a first pass over a
     source) share a run of up to RECORDINGS_PER_RUN, as a backfill's do; scattered ones get a run each. At most
-    EMBED_SENSOR_MAX_RUNS runs per tick; the rest follow on the next ticks. Recordings whose last attempt
-    failed are left to `retry_failed_recordings`. Once an hour it reconciles partitions with the source in
-    full."""
+    EMBED_SENSOR_MAX_RUNS runs per tick; the rest follow on the next ticks. Run keys carry the recording's
+    generation, so a state that comes back (A -> B -> A, deleted and loaded again) runs again. Recordings whose
+    last attempt failed, or whose run an operator cancelled, are left to `retry_failed_recordings`. Once an hour
+    it reconciles partitions with the source in full and requests pending rows behind the cursor (a late
+    commit) that no queued or running run covers."""
     settings = automation_settings()
     models = sorted(m.model_id for m in store.models(embedder.spec()))
     cursor = json.loads(context.cursor) if context.cursor else {}
-    if any(m not in cursor.get("models", models) for m in models):
-        cursor.pop("ts", None)  # a model registered since the last tick: every recording is pending for it
-        cursor.pop("id", None)
-        context.log.info(f"models registered since the last tick ({', '.join(models)}): scanning every recording")
-    cursor["models"] = models
-    after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
     known_in_order = list(context.instance.get_dynamic_partitions(recordings_partitions.name))
     known = set(known_in_order)
 
     source = store.source()  # EMBED_SOURCE: the user's tables, read in place; None: the project's tables
     with store.connect() as conn:
+        # Each model as "model#generation": one dropped and registered again is new too (a cursor from before
+        # migration 9 holds bare names, which are generation 0).
+        generations = model_generations(conn)
+        tokens = [f"{m}#{generations.get(m, 0)}" for m in models]
+        before = {t if "#" in t else f"{t}#0" for t in cursor.get("models", tokens)}
+        if any(t not in before for t in tokens):
+            cursor.pop("ts", None)  # a model registered since the last tick: every recording is pending for it
+            cursor.pop("id", None)
+            context.log.info(f"models registered since the last tick ({', '.join(models)}): scanning every recording")
+        cursor["models"] = tokens
+        after = (datetime.fromisoformat(cursor["ts"]), cursor["id"]) if "ts" in cursor else None
         if source is not None:
             with source.connect() as source_conn:
                 cursor["source"], report = sync_source(
@@ -93,19 +108,30 @@ def new_recordings_sensor(
         deleted, tombstone = deletions_since(conn, int(cursor.get("del", 0)), 100_000)
         reconcile = now.timestamp() - float(cursor.get("reconciled", 0)) >= settings.reconcile_every_s
         source_ids = all_recording_ids(conn) if reconcile else None
-        late = pending_before(conn, after[0], settings.max_runs_per_tick) if reconcile and after else []
+        late = []
+        if reconcile and after:
+            # Not those a queued or running run will write, nor those whose run (of this very row: created after
+            # it was written) an operator cancelled: the retry schedule's business, once.
+            cancelled = last_cancelled(context.instance, known_in_order, now - CANCEL_WINDOW)
+            late = pending_before(
+                conn,
+                after[0],
+                settings.max_runs_per_tick,
+                in_flight(context.instance, known_in_order),
+                {k: r.create_timestamp for k, r in cancelled.items()},
+            )
 
-    def single(recording_id: str, content_hash: str, pending: list[str]) -> dg.RunRequest:
+    def single(recording_id: str, content_hash: str, pending: list[str], version: int) -> dg.RunRequest:
         return dg.RunRequest(
             partition_key=recording_id,
-            run_key=run_key(recording_id, pending, content_hash),
+            run_key=run_key(recording_id, pending, content_hash, version),
             tags={TRIGGER_TAG: "sensor", SOURCE_HASH_TAG: content_hash[:16]},
         )
 
     run_requests: list[dg.RunRequest] = []
     cap = settings.max_runs_per_tick
     # Pending recordings in cursor order, as many as the tick's runs could hold if they were consecutive.
-    candidates: list[tuple[int, str, str, list[str]]] = []  # (row index, id, hash, models)
+    candidates: list[tuple[int, str, str, list[str], int]] = []  # (row index, id, hash, models, version)
     seen: set[str] = set()
     stop = len(rows)
     for i, row in enumerate(rows):
@@ -113,21 +139,23 @@ def new_recordings_sensor(
             if len(candidates) >= cap * RECORDINGS_PER_RUN:
                 stop = i  # the cursor stops before this row; the next tick continues from it
                 break
-            candidates.append((i, row.recording_id, row.content_hash, row.models))
+            candidates.append((i, row.recording_id, row.content_hash, row.models, row.version))
             seen.add(row.recording_id)
 
-    adds = [r.recording_id for r in rows if r.recording_id not in known]
-    deletes = [k for k in deleted if k in known]
+    # Sets for every membership test: a source re-keyed (100,000 tombstones against as many adds) must stay well
+    # inside Dagster's sensor timeout, or the cursor never advances and every tick repeats the work.
+    adds = list(dict.fromkeys(r.recording_id for r in rows if r.recording_id not in known))
+    deletes = {k for k in deleted if k in known}
     if source_ids is not None:
         adds += sorted(source_ids - known - set(adds))
-        deletes += sorted(known - source_ids - set(deletes))
-    new_adds = list(dict.fromkeys(a for a in adds if a not in deletes))
+        deletes |= known - source_ids
+    new_adds = [a for a in adds if a not in deletes]
     # The partitions' order once this tick's adds are applied (the daemon adds them before it launches runs).
-    order = {key: i for i, key in enumerate(known_in_order + [a for a in new_adds if a not in known])}
+    order = {key: i for i, key in enumerate(known_in_order + new_adds)}
     candidates = [c for c in candidates if c[1] in order and c[1] not in deletes]
 
     def grouped(k: int) -> list[list[str]]:  # the first k candidates (cursor order) as runs
-        return contiguous_groups([rid for _, rid, _, _ in candidates[:k]], order, RECORDINGS_PER_RUN)
+        return contiguous_groups([c[1] for c in candidates[:k]], order, RECORDINGS_PER_RUN)
 
     groups = grouped(len(candidates))
     if len(groups) > cap:
@@ -139,14 +167,14 @@ def new_recordings_sensor(
             lo, hi = (mid, hi) if len(grouped(mid)) <= cap else (lo, mid - 1)
         stop, candidates, groups = candidates[lo][0], candidates[:lo], grouped(lo)
     position = (rows[stop - 1].updated_at, rows[stop - 1].recording_id) if stop > 0 else after
-    pending = {rid: (h, models) for _, rid, h, models in candidates}
+    pending = {rid: (h, models, version) for _, rid, h, models, version in candidates}
     for group in groups:
         if len(group) == 1:
             run_requests.append(single(group[0], *pending[group[0]]))
         else:
             run_requests.append(
                 dg.RunRequest(
-                    run_key=range_key([run_key(k, pending[k][1], pending[k][0]) for k in group]),
+                    run_key=range_key([run_key(k, pending[k][1], pending[k][0], pending[k][2]) for k in group]),
                     tags={TRIGGER_TAG: "sensor", RANGE_START_TAG: group[0], RANGE_END_TAG: group[-1]},
                 )
             )
@@ -154,13 +182,13 @@ def new_recordings_sensor(
     for row in late:
         if len(run_requests) < cap and row.recording_id not in requested:
             requested.add(row.recording_id)
-            run_requests.append(single(row.recording_id, row.content_hash, row.models))
+            run_requests.append(single(row.recording_id, row.content_hash, row.models, row.version))
 
     partition_requests: list = []
     if new_adds:
         partition_requests.append(recordings_partitions.build_add_request(new_adds))
     if deletes:
-        partition_requests.append(recordings_partitions.build_delete_request(deletes))
+        partition_requests.append(recordings_partitions.build_delete_request(sorted(deletes)))
     # A recording both re-added and requested must exist as a partition before its run: adds come first.
     run_requests = [r for r in run_requests if r.partition_key not in deletes]
 

@@ -352,6 +352,40 @@ def _models(conn: psycopg.Connection, dim: int) -> None:
         refresh_search_function(conn)
 
 
+# Every insert of a recording or a model, and every change of a recording's content, takes the next value of one
+# sequence: a recording's run key carries it (defs/sensors.py), so a state that comes back (an edit A -> B -> A, a
+# recording deleted and loaded again, a model dropped and registered again) is a new key that Dagster launches.
+# A trigger, so every writer gets it (`load`, the source registry, SQL by hand); SECURITY DEFINER, so a worker
+# role needs no privilege on the sequence.
+_GENERATION_FUNCTION = """
+    CREATE OR REPLACE FUNCTION {s}.embed_assets_next_generation() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+    BEGIN
+        NEW.generation := nextval('{s}.generations');
+        RETURN NEW;
+    END $$"""
+
+
+def _generations(conn: psycopg.Connection, dim: int) -> None:
+    _x(conn, "CREATE SEQUENCE {s}.generations")
+    # Existing rows keep 0 (no table rewrite); their next change or re-insert takes a fresh value.
+    for table in ("recordings", "models"):
+        _x(conn, f"ALTER TABLE {{s}}.{table} ADD COLUMN generation bigint NOT NULL DEFAULT 0")
+    _x(conn, _GENERATION_FUNCTION)
+    for table in ("recordings", "models"):
+        _x(
+            conn,
+            f"""CREATE TRIGGER {table}_generation BEFORE INSERT ON {{s}}.{table}
+                FOR EACH ROW EXECUTE FUNCTION {{s}}.embed_assets_next_generation()""",
+        )
+    _x(
+        conn,
+        """CREATE TRIGGER recordings_generation_changed BEFORE UPDATE OF content_hash ON {s}.recordings
+           FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash)
+           EXECUTE FUNCTION {s}.embed_assets_next_generation()""",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -361,6 +395,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "hybrid search: full-text column and index, active model, embed_search()", _search),
     Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
     Migration(8, "several models: a registry, vectors partitioned by model, embed_search over the active one", _models),
+    Migration(9, "run keys: a generation per recording and model, bumped by every change and re-insert", _generations),
 )
 LATEST = MIGRATIONS[-1].version
 
