@@ -280,9 +280,10 @@ def db_stop() -> None:
     out.print("stopped" if stop_embedded_server(s.home) else "not running")
 
 
-def _sync_source(instance) -> None:
-    """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would) and bring the
-    partitions in line, so `embed` works without the daemon."""
+def _sync_source() -> None:
+    """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would): new and changed
+    recordings reach the registry and get partitions; the source's removals leave the registry (their chunks and
+    vectors go with their rows) and leave their partitions to `_apply_removals`."""
     from embed_assets.defs.resources import VectorStoreResource
     from embed_assets.lib.settings import automation_settings
     from embed_assets.lib.sources.discovery import all_recording_ids
@@ -298,9 +299,34 @@ def _sync_source(instance) -> None:
         )
         ids = all_recording_ids(conn)  # the source's and any loaded from files
     register_partitions(sorted(ids))
-    for key in set(instance.get_dynamic_partitions(PARTITIONS)) - ids:
-        instance.delete_dynamic_partition(PARTITIONS, key)
     out.print(f"{source.describe()}: {report.summary()}", highlight=False, markup=False)
+
+
+def _apply_removals(instance) -> list[str]:
+    """What the sensor applies for deleted recordings, applied before `embed` selects work (there may be no
+    daemon): every partition whose recording is gone from the recordings table (a row deleted by hand, whose
+    tombstone the sensor reads; a recording removed from EMBED_SOURCE, whose registry row `_sync_source` just
+    deleted) is deleted: the rule of the sensor's reconcile (defs/sensors.py, ``known - all_recording_ids``).
+    The rows' chunks, vectors and errors went with them (ON DELETE CASCADE). Idempotent with the sensor: each
+    deletes only partitions that still exist, of recordings that are gone, so whichever comes second finds
+    nothing to do (the sensor's tombstone cursor is left alone). Returns the removed recordings."""
+    from embed_assets.lib.sources.discovery import all_recording_ids
+
+    known = instance.get_dynamic_partitions(PARTITIONS)
+    with _connect_migrated() as conn:
+        present = all_recording_ids(conn)
+    gone = [key for key in known if key not in present]
+    for key in gone:
+        instance.delete_dynamic_partition(PARTITIONS, key)
+    if gone:
+        shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+        out.print(
+            f"removed {len(gone)} recording(s) no longer in the source tables (their partitions deleted, as the "
+            f"sensor does): {shown}",
+            highlight=False,
+            markup=False,
+        )
+    return gone
 
 
 @app.command()
@@ -320,7 +346,9 @@ def embed(
     ] = False,
 ) -> None:
     """Run embed_recordings in this process over the registered recordings that need work, with progress
-    and a summary of what was written (exit 1 if any recording failed)."""
+    and a summary of what was written (exit 1 if any recording failed). First applies what the sensor would:
+    with EMBED_SOURCE the source is read, and recordings deleted from the source tables lose their partitions
+    (reported as removed, never as failed)."""
     from embed_assets.console import pending_blocks, run_embed
     from embed_assets.console.summary import print_summary
     from embed_assets.definitions import defs
@@ -329,7 +357,8 @@ def embed(
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
-    _sync_source(instance)
+    _sync_source()
+    removed = _apply_removals(instance)
     ordered = instance.get_dynamic_partitions(PARTITIONS)
     with _connect_migrated() as conn:
         # Every registered model is kept current: a recording needs work when any of them lacks it. The display
@@ -358,6 +387,7 @@ def embed(
             verbose=verbose,
             writers=writers,
         )
+    summary.removed = len(removed)
     print_summary(summary, out)
     if not summary.ok:
         raise typer.Exit(130 if summary.interrupted else 1)
