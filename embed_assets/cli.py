@@ -519,13 +519,24 @@ def check(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Partition and queue health: done, failed, dead-lettered, never run, stale; completion rate; verdict."""
-    from embed_assets.defs.checks import pipeline_health
-    from embed_assets.defs.resources import VectorStoreResource
+    """Partition and queue health: done, failed, dead-lettered, never run, stale; completion rate; the daemon's
+    heartbeat and the sensor's last tick (when a daemon is expected); source rows not registered yet; the
+    configuration (as `check`); verdict. Exit 0 healthy, 1 warning, 2 critical, 3 when it cannot be evaluated."""
+    from rich.markup import escape
 
-    with _connect_migrated() as conn:
-        model_id = _active(conn).model_id
-    h = pipeline_health(_instance(), VectorStoreResource(), model_id)
+    from embed_assets.lib.health.status import STATUS_UNKNOWN
+
+    try:
+        h = _status_report()
+    except typer.Exit as e:  # _die already printed why (no active model, no DAGSTER_HOME)
+        raise typer.Exit(STATUS_UNKNOWN if e.exit_code else 0) from None
+    except Exception as e:  # noqa: BLE001 (any cause: reported with its type and message, exit 3)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = first if isinstance(e, EmbedAssetsError) and first else f"{type(e).__name__}: {first}"
+        if as_json:
+            print(json.dumps({"verdict": "unknown", "reasons": [f"status cannot be evaluated: {why}"], "exit_code": 3}))
+        err.print(f"[red]error:[/red] status cannot be evaluated: {why}", highlight=False, markup=False)
+        raise typer.Exit(STATUS_UNKNOWN) from None
     s = h["db"]
     data = {
         **s.as_dict(),
@@ -539,17 +550,25 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "reasons": h["reasons"],
         "source": h["source"],
         "models": h["models"],
+        "unregistered_source_rows": h["unregistered_source_rows"],
+        "daemon": h["daemon"],
+        "configuration_problems": h["configuration_problems"],
+        "exit_code": h["exit_code"],
     }
     if as_json:
         print(json.dumps(data, default=str))
-        return
+        raise typer.Exit(h["exit_code"])
     colour = {"healthy": "green", "warning": "yellow", "critical": "red"}[h["verdict"]]
+    unregistered = h["unregistered_source_rows"]
     out.print(
         f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(h['failed'])} failed, "
         f"{len(h['dead_lettered'])} dead-lettered, {s.never_embedded} never embedded, {s.stale} stale\n"
         f"completion {s.completion_rate:.1%}; {s.chunks} chunks, {s.vectors} vectors "
         f"({s.vectors_last_hour} embedded in the last hour)\n"
-        f"source: {h['source']}; {s.unreadable_source_rows} unreadable source row(s)",
+        f"source: {h['source']}; {s.unreadable_source_rows} unreadable source row(s); "
+        + (f"{unregistered} source row(s) not registered yet" if unregistered is not None else "source not readable")
+        + "\n"
+        + _daemon_line(h["daemon"]),
         highlight=False,
         markup=False,
     )
@@ -570,8 +589,34 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             markup=False,
         )
     out.print(
-        f"[{colour}]{h['verdict']}[/{colour}]" + (": " + "; ".join(h["reasons"]) if h["reasons"] else ""),
+        f"[{colour}]{h['verdict']}[/{colour}]" + (": " + escape("; ".join(h["reasons"])) if h["reasons"] else ""),
         highlight=False,
+    )
+    raise typer.Exit(h["exit_code"])
+
+
+def _status_report() -> dict:
+    from embed_assets.defs.liveness import status_report
+    from embed_assets.defs.resources import VectorStoreResource
+
+    with _connect_migrated() as conn:
+        model_id = _active(conn).model_id
+    return status_report(_instance(), VectorStoreResource(), model_id)
+
+
+def _daemon_line(d: dict) -> str:
+    """The daemon as `status` shows it: whether one is expected and why, its heartbeats and the sensor's tick."""
+    if not d["expected"]:
+        return f"daemon: not expected ({d['why']})"
+    beats = d["heartbeat_age_s"]
+    sensor = beats.get("SENSOR")
+    tick = d["tick_age_s"]
+    return (
+        f"daemon: expected ({d['why']}); "
+        + (f"sensor daemon heartbeat {sensor:.0f} s ago" if sensor is not None else "no sensor daemon heartbeat")
+        + "; new_recordings_sensor "
+        + (f"last ticked {tick:.0f} s ago ({d['tick_status']})" if tick is not None else "never ticked")
+        + (f", {d['sensor_status'].lower()}" if d["sensor_status"] else "")
     )
 
 
