@@ -25,6 +25,7 @@ from dagster._core.scheduler.instigation import (
 from dagster._daemon.types import DaemonHeartbeat
 
 from embed_assets.lib.health.status import REQUIRED_DAEMONS, SENSOR_NAME
+from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
 from embed_assets_tests.test_console import cli
 from embed_assets_tests.test_embed_removals import home_instance  # noqa: F401 (a fixture)
 from embed_assets_tests.test_source_tables import JSON_SOURCE, add_call, app_db, source_file, turns  # noqa: F401
@@ -164,3 +165,33 @@ def test_status_that_cannot_be_evaluated_exits_3(dagster_db: str, home_instance,
     assert len(lines) == 1 and "status cannot be evaluated" in lines[0] and "EMBED_DATABASE_URL" in lines[0]
     as_json = cli("status", "--json", home=home, dagster_db=dagster_db)
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["verdict"] == "unknown"
+
+
+def test_status_follows_the_real_daemon_running_then_stopped(
+    conn: psycopg.Connection, fake_openai, dagster_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`embed-assets dev` (webserver and daemon) on the test's home: status finds the daemon's heartbeats and the
+    sensor's ticks where the real daemon writes them, says healthy and exits 0; once it is stopped, the same state
+    warns (exit 1) as soon as its traces are older than EMBED_DAEMON_STALE_S."""
+    home = make_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
+    assert cli("sample", "2", "--no-long-call", home=home, dagster_db=dagster_db).returncode == 0
+    assert cli("embed", home=home, dagster_db=dagster_db).returncode == 0
+
+    def poll(done, timeout_s: float, what: str) -> tuple[int, dict]:
+        deadline, last = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            last = status(home, dagster_db)
+            if done(*last):
+                return last
+            time.sleep(2)
+        raise AssertionError(f"{what} not seen within {timeout_s:.0f} s; last status: {last}")
+
+    with DagsterDev(home, {"EMBED_DAGSTER_DATABASE_URL": dagster_db}, tmp_path / "dagster-dev.log", progress=print):
+        code, data = poll(lambda c, d: d["daemon"]["working"], 240, "the daemon's heartbeats and a sensor tick")
+        assert code == 0 and data["verdict"] == "healthy", data["reasons"]
+        assert data["daemon"]["sensor_status"] in ("DECLARED_IN_CODE", "RUNNING") and data["daemon"]["tick_status"]
+    monkeypatch.setenv("EMBED_DAEMON_STALE_S", "5")
+    code, data = poll(lambda c, d: c == 1, 120, "status warning once the daemon stopped")
+    assert data["verdict"] == "warning" and data["daemon"]["expected"] is True and not data["daemon"]["working"]
+    assert any("the Dagster daemon's last heartbeat" in r for r in data["reasons"]), data["reasons"]
