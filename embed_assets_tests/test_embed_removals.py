@@ -3,6 +3,7 @@ sensor would before it selects work, so a deleted recording is removed, never a 
 other recording. A subprocess as a user runs it, the real embedded server, the loopback OpenAI server, a
 Dagster home and database of the test's own."""
 
+# ruff: noqa: F811 (fixtures imported from the modules that define them are parameters of the tests below)
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from dagster._core.instance.ref import InstanceRef
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.sensors import new_recordings_sensor
 from embed_assets_tests.test_console import MODEL, cli, delete_recording, number, recording_ids, summary_figures
+from embed_assets_tests.test_source_tables import JSON_SOURCE, add_call, app_db, source_file, turns  # noqa: F401
 
 RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
 
@@ -130,3 +132,33 @@ def test_a_recording_deleted_by_the_sensor_first_is_not_removed_twice(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert number(summary_figures(proc.stdout)["recordings removed"]) == 0
     assert number(summary_figures(proc.stdout)["recordings embedded"]) == 2
+
+
+def test_a_call_removed_from_the_users_tables_is_removed_by_embed(
+    conn: psycopg.Connection, app_db, fake_openai, dagster_db: str, home_instance, tmp_path: Path, monkeypatch
+) -> None:
+    """EMBED_SOURCE: a call deleted from the user's own tables leaves the registry (its chunks and vectors with
+    it) and its partition when `embed` reads the source, reported as removed; a changed call is embedded again."""
+    home, open_instance = home_instance
+    admin, reader = app_db
+    for call in (7, 8, 9):
+        add_call(admin, call, json.dumps(turns(call)))
+    monkeypatch.setenv("FATHOM_DATABASE_URL", reader)
+    monkeypatch.setenv("EMBED_SOURCE", str(source_file(tmp_path, JSON_SOURCE)))
+    first = cli("embed", home=home, dagster_db=dagster_db)
+    assert first.returncode == 0 and current(conn) == 3, first.stdout + first.stderr
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute("DELETE FROM fathom_calls WHERE id = 8")
+    add_call(admin, 9, json.dumps(turns(9, changed=2)))
+
+    proc = cli("embed", home=home, dagster_db=dagster_db)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 removed" in proc.stdout and re.search(
+        r"^removed 1 recording\(s\) no longer in the source .*: 8$", proc.stdout, re.M
+    )
+    shown = summary_figures(proc.stdout)
+    assert number(shown["recordings removed"]) == 1 and number(shown["recordings failed"]) == 0
+    assert number(shown["recordings embedded"]) == 1  # call 9, changed
+    assert current(conn) == 2 and rows_of(conn, ["8"]) == dict.fromkeys(rows_of(conn, ["8"]), 0)
+    with open_instance() as instance:
+        assert sorted(instance.get_dynamic_partitions("recordings")) == ["7", "9"]

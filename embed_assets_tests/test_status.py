@@ -24,7 +24,7 @@ from dagster._core.scheduler.instigation import (
 )
 from dagster._daemon.types import DaemonHeartbeat
 
-from embed_assets.lib.health.status import REQUIRED_DAEMONS, SENSOR_NAME
+from embed_assets.lib.health.status import REQUIRED_DAEMONS, SENSOR_NAME, DaemonFacts, daemon_findings
 from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
 from embed_assets_tests.test_console import cli
 from embed_assets_tests.test_embed_removals import home_instance  # noqa: F401 (a fixture)
@@ -37,6 +37,34 @@ KEYS_BEFORE = {
     "pending", "partitions", "failed", "dead_lettered", "failed_ids", "dead_lettered_ids", "last_errors", "verdict",
     "reasons", "source", "models",
 }  # fmt: skip
+
+
+FRESH = dict.fromkeys(REQUIRED_DAEMONS, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (DaemonFacts(False, "none has run"), []),  # the CLI alone: nothing to say
+        (DaemonFacts(True, "", FRESH, "DECLARED_IN_CODE", 20.0, "SKIPPED"), []),
+        (DaemonFacts(True, "", FRESH, "STOPPED", 20.0, "SKIPPED"), [f"{SENSOR_NAME} is stopped"]),
+        (
+            DaemonFacts(True, "", FRESH, "RUNNING", 20.0, "FAILURE", "boom"),
+            [f"the last tick of {SENSOR_NAME} failed: boom"],
+        ),
+        (
+            DaemonFacts(True, "", {"SENSOR": 10.0}, "RUNNING", 20.0, "SKIPPED"),
+            ["(SCHEDULER, QUEUED_RUN_COORDINATOR) was"],
+        ),
+        (DaemonFacts(True, "", FRESH, "RUNNING", 900.0, "SKIPPED"), [f"{SENSOR_NAME} last ticked 15 min ago (> 5 min"]),
+        (DaemonFacts(True, "", {}, None), ["no heartbeat", f"{SENSOR_NAME} has never ticked"]),
+    ],
+)
+def test_daemon_findings(facts: DaemonFacts, expected: list[str]) -> None:
+    found = daemon_findings(facts, stale_s=300)
+    assert len(found) == len(expected) and all(level == "warning" for level, _ in found)
+    for (_, reason), text in zip(found, expected, strict=True):
+        assert text in reason, reason
 
 
 def status(home: Path, dagster_db: str) -> tuple[int, dict]:

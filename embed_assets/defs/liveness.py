@@ -17,6 +17,7 @@ from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.errors import EmbedAssetsError
 from embed_assets.lib.health.status import (
     EXIT_CODES,
+    REQUIRED_DAEMONS,
     SENSOR_NAME,
     DaemonFacts,
     daemon_findings,
@@ -66,6 +67,7 @@ def daemon_facts(instance: dg.DagsterInstance, expectation: DaemonExpectation) -
         tick_age_s=now - last.timestamp if last is not None else None,
         tick_status=last.status.value if last is not None else None,
         tick_error=error,
+        required=tuple(d for d in REQUIRED_DAEMONS if d in instance.get_required_daemon_types()),
     )
 
 

@@ -221,6 +221,7 @@ class DaemonFacts:
     tick_age_s: float | None = None  # seconds since the sensor's last tick started
     tick_status: str | None = None  # SUCCESS, SKIPPED, FAILURE, STARTED
     tick_error: str | None = None  # the first line of a failed tick's error
+    required: tuple[str, ...] = REQUIRED_DAEMONS  # the daemon types this instance runs (of REQUIRED_DAEMONS)
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -241,8 +242,8 @@ def daemon_findings(f: DaemonFacts, stale_s: float) -> list[tuple[str, str]]:
     if not f.expected:
         return []
     out: list[tuple[str, str]] = []
-    missing = [d for d in REQUIRED_DAEMONS if d not in f.heartbeat_age_s]
-    stale = [d for d in REQUIRED_DAEMONS if f.heartbeat_age_s.get(d, 0) > stale_s]
+    missing = [d for d in f.required if d not in f.heartbeat_age_s]
+    stale = [d for d in f.required if f.heartbeat_age_s.get(d, 0) > stale_s]
     fix = (
         "start it (`embed-assets dev`, or `dagster-daemon run` where the deployment runs it), or set "
         "EMBED_EXPECT_DAEMON=0 when only the CLI is used"
