@@ -319,9 +319,10 @@ def db_stop() -> None:
     out.print("stopped" if stop_embedded_server(s.home) else "not running")
 
 
-def _sync_source(instance) -> None:
-    """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would) and bring the
-    partitions in line, so `embed` works without the daemon."""
+def _sync_source() -> None:
+    """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would): new and changed
+    recordings reach the registry and get partitions; the source's removals leave the registry (their chunks and
+    vectors go with their rows) and leave their partitions to `_apply_removals`."""
     from embed_assets.defs.resources import VectorStoreResource
     from embed_assets.lib.settings import automation_settings
     from embed_assets.lib.sources.discovery import all_recording_ids
@@ -337,9 +338,34 @@ def _sync_source(instance) -> None:
         )
         ids = all_recording_ids(conn)  # the source's and any loaded from files
     register_partitions(sorted(ids))
-    for key in set(instance.get_dynamic_partitions(PARTITIONS)) - ids:
-        instance.delete_dynamic_partition(PARTITIONS, key)
     out.print(f"{source.describe()}: {report.summary()}", highlight=False, markup=False)
+
+
+def _apply_removals(instance) -> list[str]:
+    """What the sensor applies for deleted recordings, applied before `embed` selects work (there may be no
+    daemon): every partition whose recording is gone from the recordings table (a row deleted by hand, whose
+    tombstone the sensor reads; a recording removed from EMBED_SOURCE, whose registry row `_sync_source` just
+    deleted) is deleted: the rule of the sensor's reconcile (defs/sensors.py, ``known - all_recording_ids``).
+    The rows' chunks, vectors and errors went with them (ON DELETE CASCADE). Idempotent with the sensor: each
+    deletes only partitions that still exist, of recordings that are gone, so whichever comes second finds
+    nothing to do (the sensor's tombstone cursor is left alone). Returns the removed recordings."""
+    from embed_assets.lib.sources.discovery import all_recording_ids
+
+    known = instance.get_dynamic_partitions(PARTITIONS)
+    with _connect_migrated() as conn:
+        present = all_recording_ids(conn)
+    gone = [key for key in known if key not in present]
+    for key in gone:
+        instance.delete_dynamic_partition(PARTITIONS, key)
+    if gone:
+        shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+        out.print(
+            f"removed {len(gone)} recording(s) no longer in the source tables (their partitions deleted, as the "
+            f"sensor does): {shown}",
+            highlight=False,
+            markup=False,
+        )
+    return gone
 
 
 @app.command()
@@ -359,7 +385,9 @@ def embed(
     ] = False,
 ) -> None:
     """Run embed_recordings in this process over the registered recordings that need work, with progress
-    and a summary of what was written (exit 1 if any recording failed)."""
+    and a summary of what was written (exit 1 if any recording failed). First applies what the sensor would:
+    with EMBED_SOURCE the source is read, and recordings deleted from the source tables lose their partitions
+    (reported as removed, never as failed)."""
     from embed_assets.console import pending_blocks, run_embed
     from embed_assets.console.summary import print_summary
     from embed_assets.definitions import defs
@@ -368,7 +396,8 @@ def embed(
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
-    _sync_source(instance)
+    _sync_source()
+    removed = _apply_removals(instance)
     ordered = instance.get_dynamic_partitions(PARTITIONS)
     with _connect_migrated() as conn:
         # Every registered model is kept current: a recording needs work when any of them lacks it. The display
@@ -397,6 +426,7 @@ def embed(
             verbose=verbose,
             writers=writers,
         )
+    summary.removed = len(removed)
     print_summary(summary, out)
     if not summary.ok:
         raise typer.Exit(130 if summary.interrupted else 1)
@@ -530,13 +560,22 @@ def check(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Partition and queue health: done, failed, dead-lettered, never run, stale; completion rate; verdict."""
-    from embed_assets.defs.checks import pipeline_health
-    from embed_assets.defs.resources import VectorStoreResource
+    """Partition and queue health: done, failed, dead-lettered, never run, stale; completion rate; the daemon's
+    heartbeat and the sensor's last tick (when a daemon is expected); source rows not registered yet; the
+    configuration (as `check`); verdict. Exit 0 healthy, 1 warning, 2 critical, 3 when it cannot be evaluated."""
+    from embed_assets.lib.health.status import STATUS_UNKNOWN
 
-    with _connect_migrated() as conn:
-        model_id = _active(conn).model_id
-    h = pipeline_health(_instance(), VectorStoreResource(), model_id)
+    try:
+        h = _status_report()
+    except typer.Exit as e:  # _die already printed why (no active model, no DAGSTER_HOME)
+        raise typer.Exit(STATUS_UNKNOWN if e.exit_code else 0) from None
+    except Exception as e:  # noqa: BLE001 (any cause: reported with its type and message, exit 3)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = first if isinstance(e, EmbedAssetsError) and first else f"{type(e).__name__}: {first}"
+        if as_json:
+            print(json.dumps({"verdict": "unknown", "reasons": [f"status cannot be evaluated: {why}"], "exit_code": 3}))
+        err.print(styled(("error:", "red"), f" status cannot be evaluated: {why}"))
+        raise typer.Exit(STATUS_UNKNOWN) from None
     s = h["db"]
     data = {
         **s.as_dict(),
@@ -550,17 +589,25 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "reasons": h["reasons"],
         "source": h["source"],
         "models": h["models"],
+        "unregistered_source_rows": h["unregistered_source_rows"],
+        "daemon": h["daemon"],
+        "configuration_problems": h["configuration_problems"],
+        "exit_code": h["exit_code"],
     }
     if as_json:
         print(json.dumps(data, default=str))
-        return
+        raise typer.Exit(h["exit_code"])
     colour = {"healthy": "green", "warning": "yellow", "critical": "red"}[h["verdict"]]
+    unregistered = h["unregistered_source_rows"]
     out.print(
         f"model {s.model}: {s.recordings} recordings, {s.embedded_current} embedded, {len(h['failed'])} failed, "
         f"{len(h['dead_lettered'])} dead-lettered, {s.never_embedded} never embedded, {s.stale} stale\n"
         f"completion {s.completion_rate:.1%}; {s.chunks} chunks, {s.vectors} vectors "
         f"({s.vectors_last_hour} embedded in the last hour)\n"
-        f"source: {h['source']}; {s.unreadable_source_rows} unreadable source row(s)",
+        f"source: {h['source']}; {s.unreadable_source_rows} unreadable source row(s); "
+        + (f"{unregistered} source row(s) not registered yet" if unregistered is not None else "source not readable")
+        + "\n"
+        + _daemon_line(h["daemon"]),
         highlight=False,
         markup=False,
     )
@@ -581,6 +628,32 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             markup=False,
         )
     out.print(styled((h["verdict"], colour), (": " + "; ".join(h["reasons"])) if h["reasons"] else ""))
+    raise typer.Exit(h["exit_code"])
+
+
+def _status_report() -> dict:
+    from embed_assets.defs.liveness import status_report
+    from embed_assets.defs.resources import VectorStoreResource
+
+    with _connect_migrated() as conn:
+        model_id = _active(conn).model_id
+    return status_report(_instance(), VectorStoreResource(), model_id)
+
+
+def _daemon_line(d: dict) -> str:
+    """The daemon as `status` shows it: whether one is expected and why, its heartbeats and the sensor's tick."""
+    if not d["expected"]:
+        return f"daemon: not expected ({d['why']})"
+    beats = d["heartbeat_age_s"]
+    sensor = beats.get("SENSOR")
+    tick = d["tick_age_s"]
+    return (
+        f"daemon: expected ({d['why']}); "
+        + (f"sensor daemon heartbeat {sensor:.0f} s ago" if sensor is not None else "no sensor daemon heartbeat")
+        + "; new_recordings_sensor "
+        + (f"last ticked {tick:.0f} s ago ({d['tick_status']})" if tick is not None else "never ticked")
+        + (f", {d['sensor_status'].lower()}" if d["sensor_status"] else "")
+    )
 
 
 @app.command()

@@ -101,3 +101,19 @@ def automation_settings() -> AutomationSettings:
         small_batch_attempts=_env("EMBED_SMALL_BATCH_ATTEMPTS", int, 3),
         retries_per_tick=_env("EMBED_RETRIES_PER_TICK", int, 20),
     )
+
+
+@dataclass(frozen=True)
+class DaemonExpectation:
+    """How `embed-assets status` judges the Dagster daemon (README: status)."""
+
+    expect: bool | None  # EMBED_EXPECT_DAEMON: 1 requires a daemon, 0 never expects one, unset: one has run here
+    stale_s: float  # EMBED_DAEMON_STALE_S: a heartbeat or sensor tick older than this means the daemon is down
+
+
+def daemon_expectation() -> DaemonExpectation:
+    raw = os.environ.get("EMBED_EXPECT_DAEMON", "").strip().lower()
+    if raw not in ("", "auto", "1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"EMBED_EXPECT_DAEMON={raw!r} is not known; set it to 1, 0 or auto (or unset it)")
+    expect = None if raw in ("", "auto") else raw in ("1", "true", "yes")
+    return DaemonExpectation(expect, _env("EMBED_DAEMON_STALE_S", float, 300.0))

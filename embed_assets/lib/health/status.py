@@ -197,3 +197,108 @@ def last_errors(conn: psycopg.Connection, model: str, ids: list[str]) -> dict[st
         }
         for r in rows
     }
+
+
+# -- status honesty (issue 37): what `embed-assets status` cannot see in the database ---------------------------
+# Exit codes of `embed-assets status` (the Nagios plugin convention, so monitoring tools read them as is).
+EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
+STATUS_UNKNOWN = 3  # the status could not be evaluated (database or Dagster storage unreachable, say)
+# The daemons a deployment needs: the sensor finds new recordings, the scheduler runs the retry and health
+# schedules, the run coordinator starts queued runs (dagster-daemon's own type names).
+REQUIRED_DAEMONS = ("SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR")
+SENSOR_NAME = "new_recordings_sensor"
+
+
+@dataclass(frozen=True)
+class DaemonFacts:
+    """What the Dagster instance records of its daemon (defs/liveness.py reads them): the latest heartbeat of
+    each daemon type and the sensor's last tick, as ages in seconds at the time they were read."""
+
+    expected: bool  # whether a daemon is expected to run (EMBED_EXPECT_DAEMON, else: has one ever run here)
+    why: str  # why it is (not) expected, for the user
+    heartbeat_age_s: dict[str, float] = field(default_factory=dict)  # daemon type -> seconds since its heartbeat
+    sensor_status: str | None = None  # the sensor's state in the instance (RUNNING, STOPPED, ...), None: never seen
+    tick_age_s: float | None = None  # seconds since the sensor's last tick started
+    tick_status: str | None = None  # SUCCESS, SKIPPED, FAILURE, STARTED
+    tick_error: str | None = None  # the first line of a failed tick's error
+    required: tuple[str, ...] = REQUIRED_DAEMONS  # the daemon types this instance runs (of REQUIRED_DAEMONS)
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["heartbeat_age_s"] = {k: round(v, 1) for k, v in self.heartbeat_age_s.items()}
+        d["tick_age_s"] = None if self.tick_age_s is None else round(self.tick_age_s, 1)
+        return d
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def daemon_findings(f: DaemonFacts, stale_s: float) -> list[tuple[str, str]]:
+    """(level, reason) for a daemon that is expected but not seen working: no recent heartbeat, the sensor
+    stopped, not ticking or failing. Nothing when no daemon is expected."""
+    if not f.expected:
+        return []
+    out: list[tuple[str, str]] = []
+    missing = [d for d in f.required if d not in f.heartbeat_age_s]
+    stale = [d for d in f.required if f.heartbeat_age_s.get(d, 0) > stale_s]
+    fix = (
+        "start it (`embed-assets dev`, or `dagster-daemon run` where the deployment runs it), or set "
+        "EMBED_EXPECT_DAEMON=0 when only the CLI is used"
+    )
+    if stale:
+        oldest = max(f.heartbeat_age_s[d] for d in stale)
+        out.append(
+            (
+                "warning",
+                f"the Dagster daemon's last heartbeat ({', '.join(stale)}) was {_age(oldest)} ago (> {_age(stale_s)}): "
+                f"new recordings are not picked up and queued runs do not start; {fix}",
+            )
+        )
+    if missing:
+        out.append(("warning", f"no heartbeat of the Dagster daemon ({', '.join(missing)}) was ever recorded; {fix}"))
+    fix = "see above" if out else fix  # the daemon down explains a sensor that does not tick
+    if f.sensor_status == "STOPPED":
+        out.append(
+            ("warning", f"{SENSOR_NAME} is stopped: new and changed recordings are not picked up; start it in the UI")
+        )
+    elif f.tick_age_s is None:
+        out.append(("warning", f"{SENSOR_NAME} has never ticked in this instance ({fix})"))
+    elif f.tick_age_s > stale_s:
+        out.append(("warning", f"{SENSOR_NAME} last ticked {_age(f.tick_age_s)} ago (> {_age(stale_s)}; {fix})"))
+    if f.tick_status == "FAILURE":
+        out.append(("warning", f"the last tick of {SENSOR_NAME} failed: {f.tick_error or 'see the sensor in the UI'}"))
+    return out
+
+
+def unregistered_finding(unregistered: int, daemon_working: bool) -> tuple[str, str] | None:
+    """Source rows without a partition are work that completion does not count yet: a warning unless a working
+    daemon's sensor is there to register them on its next tick."""
+    if not unregistered or daemon_working:
+        return None
+    return (
+        "warning",
+        f"{unregistered} source row(s) not registered yet (not counted in completion); `embed-assets embed` "
+        "registers and embeds them, as the sensor does when the daemon runs",
+    )
+
+
+def with_findings(level: str, reasons: list[str], findings: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    """The verdict raised to the worst of ``findings``, their reasons added."""
+    rank = {"healthy": 0, "warning": 1, "critical": 2}
+    for found, _ in findings:
+        if rank[found] > rank[level]:
+            level = found
+    return level, [*reasons, *(r for _, r in findings)]
+
+
+def unregistered_ids(partitions: set[str], recordings: set[str], source_ids: set[str] | None) -> set[str]:
+    """Recordings no partition stands for yet: rows of the recordings table without a partition (loaded with
+    --no-register, or added since the sensor's last tick) and, with EMBED_SOURCE, the source's ids not in the
+    registry yet (its next sync adds them)."""
+    pending = recordings - partitions
+    if source_ids is not None:
+        pending |= source_ids - recordings
+    return pending
