@@ -92,3 +92,10 @@ def automation_settings() -> AutomationSettings:
         small_batch_attempts=_env("EMBED_SMALL_BATCH_ATTEMPTS", int, 3),
         retries_per_tick=_env("EMBED_RETRIES_PER_TICK", int, 20),
     )
+
+
+def pool_wait_limit_s() -> float:
+    """EMBED_POOL_WAIT_LIMIT_S: how long a step may wait for a pool slot (embedding_provider) while the same
+    runs hold every slot, before its run fails naming them and the fix (default 1800 s: longer than a
+    100-recording step takes against a rate-limited provider; a slot changing hands restarts the clock)."""
+    return _env("EMBED_POOL_WAIT_LIMIT_S", float, 1800.0)

@@ -1,0 +1,159 @@
+"""Issue 35: a crashed run never blocks the next. Real `embed-assets embed` processes killed with SIGKILL
+mid-step while they hold the embedding_provider pool's slots (the loopback provider holds their requests),
+the repository's dagster.yaml, the real embedded server; `embed-assets dev` with its daemon for the case
+with run monitoring."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.instance.ref import InstanceRef
+
+from embed_assets.dead_runs import POOL, WORKER_TAG, dead_holders
+from embed_assets.lib.sources.tables import upsert_transcript
+from embed_assets.lib.transcripts import Segment, Transcript
+from embed_assets_tests.conftest import REPO
+from embed_assets_tests.support.openai_server import FakeOpenAI
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120) -> float:
+    """Poll for a condition (coordination only); returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(REPO))) as inst:
+        yield inst
+
+
+def recordings(conn: psycopg.Connection, instance: DagsterInstance, prefix: str, n: int) -> list[str]:
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    for rid in ids:
+        upsert_transcript(conn, Transcript(rid, tuple(Segment("A", f"{rid} turn {j} renewal " * 20) for j in range(8))))
+    instance.add_dynamic_partitions("recordings", [r for r in ids if r not in instance.get_dynamic_partitions("recordings")])
+    return ids
+
+
+def embed(log: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "embed-assets"), "embed", "--per-run", "1"],
+        cwd=REPO,
+        env={**os.environ, "DAGSTER_HOME": str(REPO), **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def holding(instance: DagsterInstance) -> list[str]:
+    """Run ids holding a slot of the provider pool."""
+    return [s.run_id for s in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots]
+
+
+def exactly_once(conn: psycopg.Connection, ids: list[str]) -> None:
+    for rid in ids:
+        chunks, vectors, dupes = conn.execute(
+            """SELECT (SELECT count(*) FROM embed_assets.chunks WHERE recording_id = %(r)s),
+                      (SELECT count(*) FROM embed_assets.transcript_chunks
+                       WHERE recording_id = %(r)s AND embedding IS NOT NULL),
+                      (SELECT count(*) FROM (SELECT chunk_index FROM embed_assets.chunk_vectors
+                                             WHERE recording_id = %(r)s GROUP BY chunk_index HAVING count(*) > 1) d)""",
+            {"r": rid},
+        ).fetchone()
+        assert chunks > 0 and (vectors, dupes) == (chunks, 0), (rid, chunks, vectors, dupes)
+
+
+def hold_the_pool(instance: DagsterInstance, fake_openai: FakeOpenAI, tmp_path: Path, n: int = 2) -> list:
+    """``n`` `embed` processes, each stopped inside chunk_embeddings (its request held by the provider) with a
+    slot of the pool; returns them once every slot is theirs."""
+    fake_openai.gate.clear()
+    procs = [embed(tmp_path / f"holder-{i}.log") for i in range(n)]
+    try:
+        wait_for(lambda: len(holding(instance)) == n, f"{n} embed runs to hold the pool's slots", 240)
+    except BaseException:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        raise
+    return procs
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_two_embed_runs_killed_holding_the_pool_then_embed_reclaims_them_and_completes(
+    conn: psycopg.Connection, instance: DagsterInstance, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    ids = recordings(conn, instance, "killed-holder", 3)
+    procs = hold_the_pool(instance, fake_openai, tmp_path)
+    dead = set(holding(instance))
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    fake_openai.gate.set()
+    assert {r.status for r in instance.get_runs(RunsFilter(run_ids=list(dead)))} == {DagsterRunStatus.STARTED}
+    assert len(dead_holders(instance)) == 2  # what `status` reports: slots nobody will give back
+
+    log = tmp_path / "after.log"
+    proc = embed(log)
+    try:
+        rc = proc.wait(timeout=300)  # before issue 35: blocked on the dead runs' slots forever
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert rc == 0, out[-3000:]
+    assert out.count("is gone: marked failed, its pool slots freed") == 2, out[-3000:]
+    runs = instance.get_runs(RunsFilter(run_ids=list(dead)))
+    assert {r.status for r in runs} == {DagsterRunStatus.FAILURE}
+    assert all(r.tags.get(WORKER_TAG) for r in runs)
+    assert not set(holding(instance)) & dead and dead_holders(instance) == []
+    exactly_once(conn, ids)
+
+
+def test_a_step_waiting_for_a_held_slot_says_who_holds_it_sleeps_and_fails_after_the_limit(
+    conn: psycopg.Connection, instance: DagsterInstance, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    recordings(conn, instance, "waiter", 3)
+    procs = hold_the_pool(instance, fake_openai, tmp_path)
+    held = set(holding(instance))
+    log = tmp_path / "waiter.log"
+    waiter = embed(log, EMBED_POOL_WAIT_LIMIT_S="12")
+    try:
+        wait_for(lambda: "waiting" in log.read_text() and "for a slot of pool embedding_provider" in log.read_text(),
+                 "the waiting step to say so", 180)  # fmt: skip
+        cpu, wall = cpu_seconds(waiter.pid), time.monotonic()
+        wait_for(lambda: log.read_text().count("for a slot of pool embedding_provider; held by") >= 2, "a second report")
+        busy = (cpu_seconds(waiter.pid) - cpu) / (time.monotonic() - wall)
+        rc = waiter.wait(timeout=120)
+    finally:
+        for p in (waiter, *procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        fake_openai.gate.set()
+    out = log.read_text()
+    assert busy < 0.25, f"the waiting process used {busy:.0%} of a core"  # before: ~100% (Dagster's claim loop)
+    assert all(run_id[:8] in out for run_id in held)  # the holders are named, with their step and state
+    assert "run STARTED, worker pid" in out and "alive" in out
+    assert rc == 1, out[-3000:]
+    line = next(x for x in out.splitlines() if "EMBED_POOL_WAIT_LIMIT_S" in x)
+    assert "pool embedding_provider" in line and "dagster instance concurrency set embedding_provider" in line, line
+    assert all(run_id[:8] in line for run_id in held), line
