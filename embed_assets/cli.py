@@ -323,12 +323,14 @@ def embed(
     and a summary of what was written (exit 1 if any recording failed)."""
     from embed_assets.console import pending_blocks, run_embed
     from embed_assets.console.summary import print_summary
+    from embed_assets.dead_runs import reclaim_dead_runs
     from embed_assets.definitions import defs
     from embed_assets.lib.db.connection import connect, vector_database_url
     from embed_assets.lib.models.registry import registered
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
+    reclaim_dead_runs(instance, "embed_recordings", lambda line: err.print(line, highlight=False, markup=False))
     _sync_source(instance)
     ordered = instance.get_dynamic_partitions(PARTITIONS)
     with _connect_migrated() as conn:

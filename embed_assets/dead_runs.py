@@ -145,6 +145,10 @@ class Holder:
             self.worker is not None and self.worker.state == "dead"
         )
 
+    def short(self) -> str:
+        state = self.worker.state if self.worker else self.status.lower()
+        return f"run {self.run_id[:8]} ({state})"
+
     def describe(self) -> str:
         since = f" since {self.since.astimezone():%H:%M:%S}" if self.since else ""
         state = f"run {self.status}" + (f", worker {self.worker.describe()}" if self.worker else "")
@@ -155,7 +159,8 @@ def holders(instance: dg.DagsterInstance, pool: str = POOL) -> list[Holder]:
     """The steps holding ``pool``'s slots, with their run's state."""
     info = instance.event_log_storage.get_concurrency_info(pool)
     assigned = {(p.run_id, p.step_key): p.assigned_timestamp for p in info.pending_steps}
-    runs = {r.run_id: r for r in instance.get_runs(dg.RunsFilter(run_ids=list({s.run_id for s in info.claimed_slots})))}
+    run_ids = list({s.run_id for s in info.claimed_slots})
+    runs = {r.run_id: r for r in instance.get_runs(dg.RunsFilter(run_ids=run_ids))} if run_ids else {}
     out = []
     for slot in info.claimed_slots:
         run = runs.get(slot.run_id)
@@ -180,8 +185,4 @@ def dead_holders(instance: dg.DagsterInstance, pools: Iterable[str] = (POOL,)) -
 
 
 def wait_fix(pool: str) -> str:
-    return (
-        f"free the slots of dead runs with `embed-assets embed` (it reclaims them) or by ending the runs in the "
-        f"UI; or raise the limit with `dagster instance concurrency set {pool} N`; see README \"Runs stuck in "
-        "STARTED\""
-    )
+    return f"`dagster instance concurrency set {pool} N`, or end dead runs (`embed-assets embed` does)"

@@ -64,7 +64,7 @@ class PoolWaits:
                 _say(f"pool {pool}: run {h.run_id[:8]} held a slot but its worker ({h.worker.where}) is gone: "
                      "marked failed, its slots freed")  # fmt: skip
         if ended:
-            return status.with_sleep_interval(0)  # a slot may be free now: ask again at once
+            return status.with_sleep_interval(0.0)  # a slot may be free now: ask again at once
         key = frozenset((h.run_id, h.step_key) for h in held)
         if key != wait.holders:
             wait.holders, wait.changed = key, now
@@ -73,15 +73,16 @@ class PoolWaits:
         if now - wait.changed > limit:
             self._waits.pop((run_id, step_key), None)
             raise PoolWaitTimeout(
-                f"step {step_key} waited {now - wait.started:.0f}s for a slot of pool {pool}, held by {who} "
-                f"with no change for {limit:.0f}s (EMBED_POOL_WAIT_LIMIT_S); {wait_fix(pool)}"
+                f"pool {pool} full for {now - wait.started:.0f}s (EMBED_POOL_WAIT_LIMIT_S) held by "
+                + (", ".join(h.short() for h in held) or "no run")
+                + f"; fix: {wait_fix(pool)}"
             )
         if now - wait.reported >= REPORT_EVERY_S:
             wait.reported = now
             _say(f"step {step_key} of run {run_id[:8]} waiting {now - wait.started:.0f}s for a slot of pool {pool}; "
                  f"held by {who}")  # fmt: skip
         time.sleep(POLL_S)
-        return status.with_sleep_interval(0)
+        return status.with_sleep_interval(0.0)
 
 
 def _say(line: str) -> None:

@@ -47,7 +47,10 @@ def recordings(conn: psycopg.Connection, instance: DagsterInstance, prefix: str,
     ids = [f"{prefix}-{i}" for i in range(n)]
     for rid in ids:
         upsert_transcript(conn, Transcript(rid, tuple(Segment("A", f"{rid} turn {j} renewal " * 20) for j in range(8))))
-    instance.add_dynamic_partitions("recordings", [r for r in ids if r not in instance.get_dynamic_partitions("recordings")])
+    known = instance.get_dynamic_partitions("recordings")
+    for key in set(known) - set(ids):  # earlier tests' recordings, gone from the emptied store
+        instance.delete_dynamic_partition("recordings", key)
+    instance.add_dynamic_partitions("recordings", [r for r in ids if r not in known])
     return ids
 
 
@@ -86,7 +89,13 @@ def hold_the_pool(instance: DagsterInstance, fake_openai: FakeOpenAI, tmp_path: 
     fake_openai.gate.clear()
     procs = [embed(tmp_path / f"holder-{i}.log") for i in range(n)]
     try:
-        wait_for(lambda: len(holding(instance)) == n, f"{n} embed runs to hold the pool's slots", 240)
+
+        def held() -> bool:
+            ended = [p for p in procs if p.poll() is not None]
+            assert not ended, (tmp_path / f"holder-{procs.index(ended[0])}.log").read_text()[-3000:]
+            return len(holding(instance)) == n
+
+        wait_for(held, f"{n} embed runs to hold the pool's slots", 240)
     except BaseException:
         for p in procs:
             os.killpg(p.pid, signal.SIGKILL)
@@ -141,7 +150,9 @@ def test_a_step_waiting_for_a_held_slot_says_who_holds_it_sleeps_and_fails_after
         wait_for(lambda: "waiting" in log.read_text() and "for a slot of pool embedding_provider" in log.read_text(),
                  "the waiting step to say so", 180)  # fmt: skip
         cpu, wall = cpu_seconds(waiter.pid), time.monotonic()
-        wait_for(lambda: log.read_text().count("for a slot of pool embedding_provider; held by") >= 2, "a second report")
+        wait_for(
+            lambda: log.read_text().count("for a slot of pool embedding_provider; held by") >= 2, "a second report"
+        )
         busy = (cpu_seconds(waiter.pid) - cpu) / (time.monotonic() - wall)
         rc = waiter.wait(timeout=120)
     finally:
