@@ -27,9 +27,9 @@ from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine
 
 from embed_assets.dead_runs import WORKER_TAG, this_worker, worker_of
-from embed_assets.pool_wait import PoolWaits
 from embed_assets.lib.db.connection import dagster_database_url
 from embed_assets.lib.settings import env_int, load_settings
+from embed_assets.pool_wait import PoolWaits
 
 
 def _dagster_dir(sub: str) -> str:
