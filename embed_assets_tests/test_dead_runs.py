@@ -15,13 +15,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 
 from embed_assets.dead_runs import POOL, WORKER_TAG, dead_holders
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.conftest import REPO
+from embed_assets_tests.support.dagster_dev import DagsterDev, descendants, make_home
 from embed_assets_tests.support.openai_server import FakeOpenAI
 
 BIN = Path(sys.executable).parent
@@ -168,3 +169,48 @@ def test_a_step_waiting_for_a_held_slot_says_who_holds_it_sleeps_and_fails_after
     line = next(x for x in out.splitlines() if "EMBED_POOL_WAIT_LIMIT_S" in x)
     assert "pool embedding_provider" in line and "dagster instance concurrency set embedding_provider" in line, line
     assert all(run_id[:8] in line for run_id in held), line
+
+
+def worker_pid(instance: DagsterInstance, run_id: str) -> int:
+    """The run worker's pid, as Dagster records it on the run's start event."""
+    (start,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_START).records
+    return start.event_log_entry.dagster_event.pid
+
+
+RECLAIM_WITHIN_S = 60  # dagster.yaml run_monitoring: FAILED at the next check (20 s), slots freed one check later
+
+
+def test_under_dagster_dev_a_killed_run_worker_is_failed_its_slot_freed_and_the_sensors_next_run_completes(
+    conn: psycopg.Connection, fake_openai: FakeOpenAI, tmp_path: Path, dagster_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = make_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
+    monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
+    monkeypatch.setenv("EMBED_RETRY_CRON", "0 3 1 1 *")  # nothing relaunches the killed run's recording
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.event_log_storage.set_concurrency_slots(POOL, 1)  # one dead holder blocks everything
+        fake_openai.gate.clear()
+        upsert_transcript(conn, Transcript("dev-first", (Segment("A", "renewal pricing " * 40),)))
+        with DagsterDev(home, {}, tmp_path / "dagster-dev.log", progress=lambda _: None) as dev:
+            wait_for(lambda: len(holding(instance)) == 1, "the sensor's run to hold the pool's slot", 240)
+            (dead,) = holding(instance)
+            pid = worker_pid(instance, dead)
+            assert pid in descendants(dev.proc.pid)
+            os.kill(pid, signal.SIGKILL)
+            fake_openai.gate.set()
+
+            def reclaimed() -> bool:
+                run = instance.get_run_by_id(dead)
+                return run.status == DagsterRunStatus.FAILURE and dead not in holding(instance)
+
+            took = wait_for(reclaimed, "the daemon to fail the dead run and free its slot", RECLAIM_WITHIN_S + 30)
+            assert took <= RECLAIM_WITHIN_S, f"reclaimed after {took:.0f}s"  # the figure dagster.yaml states
+
+            upsert_transcript(conn, Transcript("dev-second", (Segment("B", "contract terms " * 40),)))
+            wait_for(lambda: "dev-second" in embedded(conn), "the sensor's next run to embed dev-second", 180)
+        exactly_once(conn, ["dev-second"])
+
+
+def embedded(conn: psycopg.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT DISTINCT recording_id FROM embed_assets.chunk_vectors")}
