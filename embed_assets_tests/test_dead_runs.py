@@ -19,6 +19,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dagster._core.instance.ref import InstanceRef
 
 from embed_assets.dead_runs import POOL, WORKER_TAG, dead_holders
+from embed_assets.lib.db.connection import stop_embedded_server, vector_database_url
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.conftest import REPO
@@ -214,3 +215,33 @@ def test_under_dagster_dev_a_killed_run_worker_is_failed_its_slot_freed_and_the_
 
 def embedded(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT DISTINCT recording_id FROM embed_assets.chunk_vectors")}
+
+
+def test_a_database_restart_mid_run_leaves_the_run_failed_not_started_once_the_database_is_back(
+    conn: psycopg.Connection,
+    instance: DagsterInstance,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    embed_home: Path,
+    db_url: str,
+) -> None:
+    ids = recordings(conn, instance, "db-restart", 2)
+    (proc,) = hold_the_pool(instance, fake_openai, tmp_path, 1)
+    (run_id,) = holding(instance)
+    assert stop_embedded_server(embed_home)  # every connection of the run dies with it
+    fake_openai.gate.set()  # the step gets its vectors and finds no database to write them to
+    try:
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    first = (tmp_path / "holder-0.log").read_text()
+    assert vector_database_url() == db_url  # the database is back, where it was
+    log = tmp_path / "after.log"
+    again = embed(log)
+    assert again.wait(timeout=300) == 0, log.read_text()[-3000:]
+    run = instance.get_run_by_id(run_id)
+    assert run.status == DagsterRunStatus.FAILURE, (rc, first[-2000:], log.read_text()[-2000:])
+    with psycopg.connect(db_url, autocommit=True) as fresh:
+        exactly_once(fresh, ids)
+    print(f"db restart: first embed exit {rc}; {first.strip().splitlines()[-1][:300]}")
