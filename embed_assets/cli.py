@@ -512,6 +512,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "source": h["source"],
         "models": h["models"],
     }
+    from dagster import DagsterInstance
+
+    from embed_assets.dead_runs import dead_holders
+
+    data["dead_slot_holders"] = dead_holders(DagsterInstance.get())  # slots no run will give back (issue 35)
+    for line in [] if as_json else data["dead_slot_holders"]:
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
     if as_json:
         print(json.dumps(data, default=str))
         return

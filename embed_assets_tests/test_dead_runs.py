@@ -5,6 +5,7 @@ with run monitoring."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -121,7 +122,16 @@ def test_two_embed_runs_killed_holding_the_pool_then_embed_reclaims_them_and_com
         p.wait()
     fake_openai.gate.set()
     assert {r.status for r in instance.get_runs(RunsFilter(run_ids=list(dead)))} == {DagsterRunStatus.STARTED}
-    assert len(dead_holders(instance)) == 2  # what `status` reports: slots nobody will give back
+    status = subprocess.run(
+        [str(BIN / "embed-assets"), "status", "--json"],
+        cwd=REPO,
+        env={**os.environ, "DAGSTER_HOME": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    stuck = json.loads(status.stdout)["dead_slot_holders"]  # slots nobody will give back
+    assert len(stuck) == 2 and all(r[:8] in " ".join(stuck) for r in dead), status.stderr[-2000:]
 
     log = tmp_path / "after.log"
     proc = embed(log)
