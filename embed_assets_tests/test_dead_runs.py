@@ -266,3 +266,18 @@ def test_a_database_restart_mid_run_leaves_the_run_failed_not_started_once_the_d
     with psycopg.connect(db_url, autocommit=True) as fresh:
         exactly_once(fresh, ids)
     print(f"db restart: first embed exit {rc}; {first.strip().splitlines()[-1][:300]}")
+
+
+def test_run_monitoring_is_on_with_a_worker_health_check_and_slots_freed_after_a_run_ends(
+    instance: DagsterInstance,
+) -> None:
+    import yaml
+
+    from embed_assets.instance import EmbedRunLauncher
+
+    assert instance.run_monitoring_enabled and isinstance(instance.run_launcher, EmbedRunLauncher)
+    assert instance.run_launcher.supports_check_run_worker_health  # Dagster's default launcher has none
+    settings = instance.run_monitoring_settings
+    assert settings["poll_interval_seconds"] + settings["free_slots_after_run_end_seconds"] < RECLAIM_WITHIN_S
+    deploy = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["run_monitoring"]
+    assert deploy["enabled"] and deploy["free_slots_after_run_end_seconds"] > 0 and deploy["cancel_timeout_seconds"]
