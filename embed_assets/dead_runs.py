@@ -123,8 +123,8 @@ def reclaim_dead_runs(
         elif worker.state in ("elsewhere", "unknown"):
             out.left_alone.append(worker)
             if say:
-                say(f"run {run.run_id[:8]} is STARTED ({worker.describe()}); if it is dead, end it in the UI "
-                    "(Terminate) or with `dagster run delete`")  # fmt: skip
+                say(f"run {run.run_id[:8]} is STARTED ({worker.describe()}); if it is dead, end it on its page in "
+                    "the UI: Terminate, then Free concurrency slots")  # fmt: skip
     return out
 
 
