@@ -390,12 +390,14 @@ def embed(
     (reported as removed, never as failed)."""
     from embed_assets.console import pending_blocks, run_embed
     from embed_assets.console.summary import print_summary
+    from embed_assets.dead_runs import reclaim_dead_runs
     from embed_assets.definitions import defs
     from embed_assets.lib.db.connection import connect, vector_database_url
     from embed_assets.lib.models.registry import registered
     from embed_assets.lib.sources.discovery import embedded_ids
 
     instance = _instance()
+    reclaim_dead_runs(instance, "embed_recordings", lambda line: err.print(line))
     _sync_source()
     removed = _apply_removals(instance)
     ordered = instance.get_dynamic_partitions(PARTITIONS)
@@ -594,6 +596,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         "configuration_problems": h["configuration_problems"],
         "exit_code": h["exit_code"],
     }
+    from dagster import DagsterInstance
+
+    from embed_assets.dead_runs import dead_holders
+
+    data["dead_slot_holders"] = dead_holders(DagsterInstance.get())  # slots no run will give back (issue 35)
+    for line in [] if as_json else data["dead_slot_holders"]:
+        err.print(styled(("warning:", "yellow"), f" {line}"))
     if as_json:
         print(json.dumps(data, default=str))
         raise typer.Exit(h["exit_code"])

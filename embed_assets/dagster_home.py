@@ -50,6 +50,24 @@ run_coordinator:
     dequeue_interval_seconds: 1
     dequeue_use_threads: true
 
+run_launcher:
+  # Dagster's default launcher plus a worker health check, so run monitoring can tell a run whose worker
+  # died (SIGKILL, out of memory) from one still working (embed_assets/instance.py, dead_runs.py).
+  module: embed_assets.instance
+  class: EmbedRunLauncher
+
+run_monitoring:
+  # The daemon (`embed-assets dev`) checks STARTED runs every poll_interval_seconds: a run whose worker died
+  # is marked FAILED at the next check, and its pool slots freed free_slots_after_run_end_seconds after that,
+  # at the check after: within 1 minute in all (embed_assets_tests/test_dead_runs.py). Without a daemon,
+  # `embed-assets embed` reclaims such runs before its first run.
+  enabled: true
+  poll_interval_seconds: 20
+  start_timeout_seconds: 300  # queued -> started takes seconds here; 5 min means the launch is broken
+  cancel_timeout_seconds: 120
+  max_resume_run_attempts: 0  # a failed run is retried by retry_failed_recordings, not resumed
+  free_slots_after_run_end_seconds: 5
+
 concurrency:
   runs:
     max_concurrent_runs: 4

@@ -13,17 +13,23 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
 
+from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from dagster._core.storage.root import LocalArtifactStorage
+from dagster._utils.concurrency import ConcurrencyClaimStatus
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine
 
+from embed_assets.dead_runs import WORKER_TAG, this_worker, worker_of
 from embed_assets.lib.db.connection import dagster_database_url
 from embed_assets.lib.settings import env_int, load_settings
+from embed_assets.pool_wait import PoolWaits
 
 
 def _dagster_dir(sub: str) -> str:
@@ -93,6 +99,23 @@ class EmbedEventLogStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresEventLogS
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
         super().__init__(*args, **kwargs)
 
+    def store_event(self, event: EventLogEntry) -> None:
+        """Also records, when a run starts, where its worker runs (WORKER_TAG: host, pid, process start time), so
+        a run whose worker died can be told from one still working (dead_runs.py)."""
+        super().store_event(event)
+        if event.is_dagster_event and event.dagster_event_type == DagsterEventType.RUN_START:
+            self._instance.add_run_tags(event.run_id, {WORKER_TAG: this_worker()})
+
+    def claim_concurrency_slot(
+        self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None
+    ) -> ConcurrencyClaimStatus:
+        """Dagster's claim; a blocked one waits visibly and boundedly instead of spinning (pool_wait.py)."""
+        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
+        if status.is_claimed:
+            _POOL_WAITS.claimed(run_id, step_key)
+            return status
+        return _POOL_WAITS.blocked(self._instance, status, run_id, step_key)
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Also one insert for the per-partition ASSET_MATERIALIZATION_PLANNED events a run's creation stores (one
         per partition and asset: 400 for a 200-recording `embed-assets embed`, ~0.75 s one at a time, `make
@@ -124,6 +147,9 @@ class EmbedEventLogStorage(_ResolvedWhenLoaded, _PooledEngine, PostgresEventLogS
                 self._store_asset_event(conn, event, event_id)
 
 
+_POOL_WAITS = PoolWaits()
+
+
 def _is_planned(event: EventLogEntry) -> bool:
     return event.is_dagster_event and event.get_dagster_event().is_asset_materialization_planned
 
@@ -142,3 +168,21 @@ class EmbedComputeLogManager(_ResolvedWhenLoaded, LocalComputeLogManager):
     @staticmethod
     def resolve() -> dict[str, Any]:
         return {"base_dir": _dagster_dir("compute_logs")}
+
+
+class EmbedRunLauncher(DefaultRunLauncher):
+    """Dagster's default launcher (a run worker process per run, through the code server), plus the worker
+    health check its run-monitoring daemon asks for: the default launcher has none, so a run whose worker was
+    killed stayed STARTED, holding its pool slots, forever. A worker recorded on this host whose process is
+    gone is FAILED: the daemon then marks the run failed, and frees its slots free_slots_after_run_end_seconds
+    later (dagster.yaml `run_monitoring`). A worker on another host, or not recorded yet, counts as running."""
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        worker = worker_of(run)
+        if worker.state == "dead":
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker {worker.where} is gone")
+        return CheckRunHealthResult(WorkerStatus.RUNNING, worker.describe())

@@ -117,3 +117,10 @@ def daemon_expectation() -> DaemonExpectation:
         raise ValueError(f"EMBED_EXPECT_DAEMON={raw!r} is not known; set it to 1, 0 or auto (or unset it)")
     expect = None if raw in ("", "auto") else raw in ("1", "true", "yes")
     return DaemonExpectation(expect, _env("EMBED_DAEMON_STALE_S", float, 300.0))
+
+
+def pool_wait_limit_s() -> float:
+    """EMBED_POOL_WAIT_LIMIT_S: how long a step may wait for a pool slot (embedding_provider) while the same
+    runs hold every slot, before its run fails naming them and the fix (default 1800 s: longer than a
+    100-recording step takes against a rate-limited provider; a slot changing hands restarts the clock)."""
+    return _env("EMBED_POOL_WAIT_LIMIT_S", float, 1800.0)
