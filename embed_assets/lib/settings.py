@@ -114,7 +114,7 @@ class DaemonExpectation:
 def daemon_expectation() -> DaemonExpectation:
     raw = os.environ.get("EMBED_EXPECT_DAEMON", "").strip().lower()
     if raw not in ("", "auto", "1", "true", "yes", "0", "false", "no"):
-        raise ValueError(f"EMBED_EXPECT_DAEMON={raw!r} is not known; set it to 1, 0 or auto (or unset it)")
+        raise SettingError(f"EMBED_EXPECT_DAEMON={raw!r} is not known; set it to 1, 0 or auto (or unset it)")
     expect = None if raw in ("", "auto") else raw in ("1", "true", "yes")
     return DaemonExpectation(expect, _env("EMBED_DAEMON_STALE_S", float, 300.0))
 
