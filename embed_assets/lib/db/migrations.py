@@ -351,6 +351,13 @@ def _models(conn: psycopg.Connection, dim: int) -> None:
         refresh_search_function(conn)
 
 
+def _segments_read(conn: psycopg.Connection, dim: int) -> None:
+    # The seqs of the segments the chunker read from an external source (EMBED_SOURCE), written when the
+    # recording is chunked: the integrity check's coverage reference for recordings whose transcript is not in
+    # transcript_segments. NULL: not chunked since this migration (its coverage is checked once it is).
+    _x(conn, "ALTER TABLE {s}.recordings ADD COLUMN segment_seqs integer[]")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -360,6 +367,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "hybrid search: full-text column and index, active model, embed_search()", _search),
     Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
     Migration(8, "several models: a registry, vectors partitioned by model, embed_search over the active one", _models),
+    Migration(11, "the segment seqs a source recording was chunked from (integrity coverage)", _segments_read),
 )
 LATEST = MIGRATIONS[-1].version
 
