@@ -15,6 +15,7 @@ from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.health.alert_settings import alert_settings
 from embed_assets.lib.health.channels import reachability
 from embed_assets.lib.health.config import ConfigReport, check_configuration
+from embed_assets.lib.health.incidents import incident_starts
 from embed_assets.lib.health.integrity import check_integrity
 from embed_assets.lib.health.status import db_status, last_errors, verdict
 from embed_assets.lib.models.registry import coverage
@@ -86,7 +87,9 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
     with store.connect() as conn:
         db = db_status(conn, model_id)
         hashes = source_hashes(conn, keys)
-        state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
+        state = failure_state(
+            instance, keys, hashes, settings.small_batch_attempts, lambda failed: incident_starts(conn, failed)
+        )
         errors = last_errors(conn, model_id, state.all_failed[:50])
         models = {c.model_id: c.as_dict() for c in coverage(conn)}
     level, reasons = verdict(db, len(state.failed), len(state.dead_lettered))

@@ -11,6 +11,7 @@ from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import VectorStoreResource
 from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.health.incidents import incident_starts
 from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.sources.discovery import source_hashes, unreadable_ids
 
@@ -47,7 +48,9 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
     with store.connect() as conn:
         hashes = source_hashes(conn, keys)
         unreadable = unreadable_ids(conn)  # retrying cannot read a malformed source row; its change will
-    state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
+        state = failure_state(
+            instance, keys, hashes, settings.small_batch_attempts, lambda failed: incident_starts(conn, failed)
+        )
     requests = []
     for key in state.failed:
         if key in state.in_flight or key in unreadable:
