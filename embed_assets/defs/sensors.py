@@ -12,7 +12,8 @@ from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
 from embed_assets.lib.sources.discovery import all_recording_ids, changes_since, db_now, deletions_since, pending_before
-from embed_assets.lib.sources.sync import sync_source
+from embed_assets.lib.sources.removal_guard import guard
+from embed_assets.lib.sources.sync import removal_bound, sync_source
 
 # The tags by which a run covers a range of partitions (what a backfill's runs carry; dagster's own names).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -87,12 +88,18 @@ def new_recordings_sensor(
                     scan_limit=settings.scan_limit,
                     reconcile_every_s=settings.reconcile_every_s,
                 )
-            context.log.info(f"{source.describe()}: {report.summary()}")
+            log = context.log.warning if report.held else context.log.info
+            log(f"{source.describe()}: {report.summary()}")
         now = db_now(conn)
         rows = changes_since(conn, after, now - timedelta(seconds=settings.settle_s), settings.scan_limit)
         deleted, tombstone = deletions_since(conn, int(cursor.get("del", 0)), 100_000)
         reconcile = now.timestamp() - float(cursor.get("reconciled", 0)) >= settings.reconcile_every_s
         source_ids = all_recording_ids(conn) if reconcile else None
+        if source_ids is not None:  # partitions whose recording is gone without a tombstone: the removal guard's
+            stray = known - source_ids - set(deleted)
+            if (held := guard(conn, "partitions", sorted(stray), len(known), removal_bound())) is not None:
+                context.log.warning(f"reconcile: {held.reason()}")
+                source_ids |= stray
         late = pending_before(conn, after[0], settings.max_runs_per_tick) if reconcile and after else []
 
     def single(recording_id: str, content_hash: str, pending: list[str]) -> dg.RunRequest:
