@@ -5,15 +5,20 @@ night passes by moving the rows' clocks back (the database's own now() stays the
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import dagster as dg
 import psycopg
+import pytest
 
 from embed_assets.defs.monitoring import pipeline_health as health_asset
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.health.alerting import AlertState, decide
+from embed_assets.lib.health.backlog import Backlog
 from embed_assets.lib.health.messages import Observation
+from embed_assets.lib.health.status import DbStatus, Thresholds, verdict
+from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.store import record_error
 from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
 from embed_assets_tests.test_assets import load, short
@@ -114,3 +119,44 @@ def test_a_warning_keeps_the_dead_mans_switch_alive() -> None:
     assert decision.heartbeat  # before: the heartbeat stopped, so the outside monitor paged as if the daemon died
     critical = Observation(2, now, "critical", ("work is pending but nothing was embedded (never)",), (), 100, 1, 0, 0)
     assert not decide(state, critical, [], now, now - now).heartbeat
+
+
+def db(pending: int = 0, done: int = 1000, idle_s: float | None = 60.0) -> DbStatus:
+    return DbStatus(MODEL, done + pending, done, 0, pending, 0, 0, 0, None, idle_s)
+
+
+@pytest.mark.parametrize(
+    ("s", "work", "level", "reason"),
+    [
+        # reported recordings only, a night without embedding: nothing for the idle rule
+        (db(2, idle_s=9 * 3600), Backlog(2, 2, 0, None), "healthy", None),
+        # a first import into a fresh install, minutes old: never embedded, but it has not waited
+        (db(5, done=0, idle_s=None), Backlog(5, 0, 5, 300.0), "healthy", None),
+        # the same import stalled for 2 h: the grace is the completion rule's; the idle rule sees the stall
+        (db(5, done=0, idle_s=None), Backlog(5, 0, 5, 7200.0), "warning", "nothing was embedded for 120 min"),
+        (db(5, done=0, idle_s=None), Backlog(5, 0, 0, 7 * 3600.0), "critical", "not for 7.0 h"),
+        # a big import in flight: not missing work yet
+        (db(50, idle_s=30), Backlog(50, 0, 50, 600.0), "healthy", None),
+        (db(50, idle_s=30), Backlog(50, 0, 10, 8 * 3600.0), "warning", "completion 96.2% < 99% (10 newer"),
+    ],
+)
+def test_verdict_weighs_reported_and_in_flight_work(s: DbStatus, work: Backlog, level: str, reason: str | None) -> None:
+    got, reasons = verdict(s, 0, 0, Thresholds(), work)
+    assert got == level, reasons
+    assert (reasons == []) if reason is None else any(reason in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("EMBED_SOURCE_MAX_REMOVE_SHARE", "1.5", "EMBED_SOURCE_MAX_REMOVE_SHARE=1.5 is out of range; set it between"),
+        ("EMBED_SOURCE_MAX_REMOVE_FLOOR", "-1", "EMBED_SOURCE_MAX_REMOVE_FLOOR=-1 is out of range; set it at least"),
+        ("EMBED_HEALTH_IN_FLIGHT_S", "an hour", "EMBED_HEALTH_IN_FLIGHT_S='an hour' is not a number"),
+    ],
+)
+def test_guard_and_grace_settings_name_the_variable_and_the_fix(
+    monkeypatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        automation_settings()
