@@ -104,7 +104,10 @@ def test_an_import_is_in_flight_until_it_outlasts_the_grace_period(
     hours_pass(conn, 2, new)  # the import has waited 2 h, longer than the grace, and nothing ran: a stall
     h = health(instance)
     assert h["verdict"] == "warning"
-    assert h["reasons"] == "- completion 95.2% < 99%\n- work is pending but nothing was embedded for 120 min"
+    # 2 h plus however long this test took since the import (minutes under load)
+    assert re.fullmatch(
+        r"- completion 95.2% < 99%\n- work is pending but nothing was embedded for 12\d min", h["reasons"]
+    )
 
     embed_range(instance, new)
     assert health(instance)["verdict"] == "healthy"
