@@ -1,8 +1,9 @@
 """`health_alerts`: alerts that reach people, and the heartbeat. A sensor (every EMBED_ALERT_INTERVAL_S, 60 s)
 reads the latest `pipeline_health` evaluation and the runs that failed since its cursor, and sends one
 message per change of verdict and at most one digest of failed runs per EMBED_ALERT_DIGEST_MINUTES to Slack,
-a generic webhook and email (each off until its variables are set); after each new healthy evaluation it
-pings EMBED_HEARTBEAT_URL, so an outside monitor notices when the daemon itself stops.
+a generic webhook and email (each off until its variables are set); after each new evaluation that is not
+critical (a warning never silences it) it pings EMBED_HEARTBEAT_URL, so an outside monitor notices when the
+daemon itself stops.
 
 All its state is its cursor (lib/health/alerting.py): no table of our own. A failed delivery is retried
 within the tick and on the next ticks, logged as a warning, and never raises: a tick that raised would not
@@ -153,8 +154,8 @@ def health_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.S
     pipeline_health evaluation, with the cause, since when, the recordings affected and what to do; failed runs
     summarized in at most one digest per EMBED_ALERT_DIGEST_MINUTES (15); to Slack
     (EMBED_ALERT_SLACK_WEBHOOK_URL), a generic/Discord/Teams webhook (EMBED_ALERT_WEBHOOK_URL) and email
-    (EMBED_ALERT_SMTP_*), all off by default. After each new healthy evaluation it pings EMBED_HEARTBEAT_URL.
-    Requests no runs; delivery failures are retried and logged, never raised."""
+    (EMBED_ALERT_SMTP_*), all off by default. After each new evaluation that is not critical it pings
+    EMBED_HEARTBEAT_URL. Requests no runs; delivery failures are retried and logged, never raised."""
     settings = alert_settings()
     if not settings.anything:
         return dg.SkipReason("no alert channel and no heartbeat configured (EMBED_ALERT_*, EMBED_HEARTBEAT_URL)")

@@ -13,13 +13,16 @@ from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.db.connection import redact_url
 from embed_assets.lib.errors import ConfigError
 from embed_assets.lib.health.alert_settings import alert_settings
+from embed_assets.lib.health.backlog import backlog
 from embed_assets.lib.health.channels import reachability
 from embed_assets.lib.health.config import ConfigReport, check_configuration
+from embed_assets.lib.health.incidents import incident_starts
 from embed_assets.lib.health.integrity import check_integrity
-from embed_assets.lib.health.status import db_status, last_errors, verdict
+from embed_assets.lib.health.status import Thresholds, db_status, last_errors, verdict
 from embed_assets.lib.models.registry import coverage
 from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.sources.discovery import source_hashes
+from embed_assets.lib.sources.removal_guard import held_removals
 
 
 def _probe(embedder: EmbedderResource) -> None:
@@ -86,10 +89,15 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
     with store.connect() as conn:
         db = db_status(conn, model_id)
         hashes = source_hashes(conn, keys)
-        state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
+        state = failure_state(
+            instance, keys, hashes, settings.small_batch_attempts, lambda failed: incident_starts(conn, failed)
+        )
         errors = last_errors(conn, model_id, state.all_failed[:50])
         models = {c.model_id: c.as_dict() for c in coverage(conn)}
-    level, reasons = verdict(db, len(state.failed), len(state.dead_lettered))
+        thresholds = Thresholds(in_flight_grace_s=settings.in_flight_grace_s)
+        work = backlog(conn, model_id, state.dead_lettered, thresholds.in_flight_grace_s)
+        held = held_removals(conn)
+    level, reasons = verdict(db, len(state.failed), len(state.dead_lettered), thresholds, work, held)
     return {
         "source": source_description(store),
         "db": db,

@@ -1,14 +1,18 @@
 """Failed and dead-lettered recordings, from Dagster's own partition status and run history.
 
 A recording is *failed* when Dagster says its `chunk_embeddings` partition is FAILED. It is
-*dead-lettered* when, for its current transcript (content hash), the retry schedule has already launched
-`EMBED_SMALL_BATCH_ATTEMPTS` small-batch runs: no more automatic retries. It leaves that state as soon as
-a run succeeds (by hand from the UI or `dagster job execute -c small_batch.yaml`), or when the transcript
-changes (a new content hash starts a new count).
+*dead-lettered* when, in its current incident, the retry schedule has already launched
+`EMBED_SMALL_BATCH_ATTEMPTS` small-batch runs: no more automatic retries. An incident is one transcript (content
+hash) failing since the recording's last success for the model(s) it fails for (lib/health/incidents.py): it
+ends as soon as a run succeeds (by hand from the UI or `dagster job execute -c small_batch.yaml`), or when the
+transcript changes (a new content hash starts a new count). Retries of an old incident, or made before a shadow
+model that fails now was registered, do not count.
 """
 
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -18,6 +22,7 @@ RETRY_TRIGGER = "retry"
 TRIGGER_TAG = "embed_assets/trigger"
 SOURCE_HASH_TAG = "embed_assets/source_hash"
 EMBEDDINGS = dg.AssetKey("chunk_embeddings")
+RUN_QUERY_BATCH = 500  # failed partitions whose retry runs are read in one query
 
 
 @dataclass
@@ -40,23 +45,39 @@ def failed_partitions(instance: dg.DagsterInstance, keys: list[str]) -> list[str
 
 
 def failure_state(
-    instance: dg.DagsterInstance, keys: list[str], hashes: dict[str, str], max_attempts: int
+    instance: dg.DagsterInstance,
+    keys: list[str],
+    hashes: dict[str, str],
+    max_attempts: int,
+    incidents: Callable[[list[str]], Mapping[str, datetime | None]] | None = None,
 ) -> FailureState:
-    """Split the FAILED partitions (of recordings still in the source) into retryable and dead-lettered."""
+    """Split the FAILED partitions (of recordings still in the source) into retryable and dead-lettered.
+    ``incidents``: given the failed ones, when each one's current incident began (lib/health/incidents.py
+    `incident_starts`); retry runs created before it do not count (without it, every retry of the transcript does).
+    Only the failed partitions' retry runs are read, all of them, in batches of RUN_QUERY_BATCH partitions."""
     state = FailureState()
     failed = [k for k in failed_partitions(instance, keys) if k in hashes]
     if not failed:
         return state
-    runs = instance.get_run_records(dg.RunsFilter(tags={TRIGGER_TAG: RETRY_TRIGGER}), limit=100_000)
-    attempts: Counter[tuple[str, str]] = Counter()
-    for record in runs:
-        tags = record.dagster_run.tags
-        key, h = tags.get("dagster/partition"), tags.get(SOURCE_HASH_TAG, "")
-        attempts[(key, h)] += 1
-        if not record.dagster_run.is_finished:
-            state.in_flight.add(key)
+    since = incidents(failed) if incidents is not None else {}
+    attempts: Counter[str] = Counter()
+    for i in range(0, len(failed), RUN_QUERY_BATCH):
+        part = failed[i : i + RUN_QUERY_BATCH]
+        starts = [since.get(k) for k in part]
+        after = None if any(s is None for s in starts) else min(starts).astimezone(UTC)  # type: ignore[union-attr]
+        records = instance.get_run_records(
+            dg.RunsFilter(tags={TRIGGER_TAG: RETRY_TRIGGER, "dagster/partition": part}, created_after=after)
+        )
+        for record in records:
+            tags = record.dagster_run.tags
+            key = tags.get("dagster/partition", "")
+            if not record.dagster_run.is_finished:
+                state.in_flight.add(key)
+            start = since.get(key)
+            if tags.get(SOURCE_HASH_TAG, "") == hashes[key][:16] and (start is None or record.create_timestamp > start):
+                attempts[key] += 1
     for k in failed:
-        n = attempts[(k, hashes[k][:16])]
+        n = attempts[k]
         state.attempts[k] = n
         (state.dead_lettered if n >= max_attempts else state.failed).append(k)
     return state

@@ -13,6 +13,7 @@ from embed_assets.defs.resources import VectorStoreResource
 from embed_assets.defs.runs import CANCEL_WINDOW, RANGE_END_TAG, RANGE_START_TAG, in_flight, last_cancelled
 from embed_assets.defs.sensors import contiguous_groups, range_key, run_key
 from embed_assets.lib.errors import ConfigError
+from embed_assets.lib.health.incidents import incident_starts
 from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
 from embed_assets.lib.sources.discovery import SourceChange, changes_of, db_now, source_hashes, unreadable_ids
 
@@ -60,7 +61,9 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
             if record.dagster_run.tags.get(TRIGGER_TAG) == "sensor"
         }
         current = changes_of(conn, cancelled) if cancelled else {}
-    state = failure_state(instance, keys, hashes, settings.small_batch_attempts)
+        state = failure_state(
+            instance, keys, hashes, settings.small_batch_attempts, lambda failed: incident_starts(conn, failed)
+        )
     resumes = resume_requests(instance, keys, cancelled, current, set(state.all_failed), settings.max_runs_per_tick)
     requests = list(resumes)
     for key in state.failed:

@@ -20,7 +20,8 @@ from embed_assets.lib.sources.discovery import (
     model_generations,
     pending_before,
 )
-from embed_assets.lib.sources.sync import sync_source
+from embed_assets.lib.sources.removal_guard import guard
+from embed_assets.lib.sources.sync import removal_bound, sync_source
 
 __all__ = ["RANGE_END_TAG", "RANGE_START_TAG", "new_recordings_sensor", "run_key"]
 
@@ -102,12 +103,18 @@ def new_recordings_sensor(
                     scan_limit=settings.scan_limit,
                     reconcile_every_s=settings.reconcile_every_s,
                 )
-            context.log.info(f"{source.describe()}: {report.summary()}")
+            log = context.log.warning if report.held else context.log.info
+            log(f"{source.describe()}: {report.summary()}")
         now = db_now(conn)
         rows = changes_since(conn, after, now - timedelta(seconds=settings.settle_s), settings.scan_limit)
         deleted, tombstone = deletions_since(conn, int(cursor.get("del", 0)), 100_000)
         reconcile = now.timestamp() - float(cursor.get("reconciled", 0)) >= settings.reconcile_every_s
         source_ids = all_recording_ids(conn) if reconcile else None
+        if source_ids is not None:  # partitions whose recording is gone without a tombstone: the removal guard's
+            stray = known - source_ids - set(deleted)
+            if (held := guard(conn, "partitions", sorted(stray), len(known), removal_bound())) is not None:
+                context.log.warning(f"reconcile: {held.reason()}")
+                source_ids |= stray
         late = []
         if reconcile and after:
             # Not those a queued or running run will write, nor those whose run (of this very row: created after

@@ -19,7 +19,7 @@ from embed_assets.lib.embedders.base import Embedder, EmbedResult
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.external import ExternalSource
-from embed_assets.lib.sources.registry import ORIGIN, clear_unreadable, origin_of, register, set_segment_count
+from embed_assets.lib.sources.registry import ORIGIN, clear_unreadable, origin_of, register, set_segments_read
 from embed_assets.lib.sources.tables import read_recording
 from embed_assets.lib.store import (
     BatchSizer,
@@ -154,7 +154,7 @@ def _transcript(
     if fetched is not None and source is not None:
         segments = source.segments(fetched)  # UnreadableSourceRow: this recording fails alone
         content_hash = fetched.meta.content_hash
-        set_segment_count(conn, recording_id, content_hash, len(segments))
+        set_segments_read(conn, recording_id, content_hash, [s.seq for s in segments])
         for model_id in model_ids:
             clear_unreadable(conn, recording_id, model_id)  # read now (a parser fix, say): not unreadable
         return segments, content_hash

@@ -90,6 +90,10 @@ class AutomationSettings:
     reconcile_every_s: float  # EMBED_SENSOR_RECONCILE_S: full partition/source reconcile period
     small_batch_attempts: int  # EMBED_SMALL_BATCH_ATTEMPTS: automatic small-batch retries before dead-letter
     retries_per_tick: int  # EMBED_RETRIES_PER_TICK: small-batch runs the schedule launches per tick
+    in_flight_grace_s: float = 6 * 3600  # EMBED_HEALTH_IN_FLIGHT_S: pending work younger is in flight (verdict)
+    max_remove_share: float = 0.1  # EMBED_SOURCE_MAX_REMOVE_SHARE: share of recordings one pass may remove
+    max_remove_floor: int = 20  # EMBED_SOURCE_MAX_REMOVE_FLOOR: removals a pass may always make
+    confirm_removals: str | None = None  # EMBED_SOURCE_CONFIRM_REMOVALS: the token of one held removal
 
 
 def automation_settings() -> AutomationSettings:
@@ -100,6 +104,10 @@ def automation_settings() -> AutomationSettings:
         reconcile_every_s=_env("EMBED_SENSOR_RECONCILE_S", float, 3600.0),
         small_batch_attempts=_env("EMBED_SMALL_BATCH_ATTEMPTS", int, 3),
         retries_per_tick=_env("EMBED_RETRIES_PER_TICK", int, 20),
+        in_flight_grace_s=_bounded("EMBED_HEALTH_IN_FLIGHT_S", float, 6 * 3600.0, 0, None),
+        max_remove_share=_bounded("EMBED_SOURCE_MAX_REMOVE_SHARE", float, 0.1, 0, 1),
+        max_remove_floor=_bounded("EMBED_SOURCE_MAX_REMOVE_FLOOR", int, 20, 0, None),
+        confirm_removals=os.environ.get("EMBED_SOURCE_CONFIRM_REMOVALS", "").strip() or None,
     )
 
 
@@ -124,3 +132,11 @@ def pool_wait_limit_s() -> float:
     runs hold every slot, before its run fails naming them and the fix (default 1800 s: longer than a
     100-recording step takes against a rate-limited provider; a slot changing hands restarts the clock)."""
     return _env("EMBED_POOL_WAIT_LIMIT_S", float, 1800.0)
+
+
+def _bounded(name: str, cast: Callable[[str], T], default: T, low: float, high: float | None) -> T:
+    value = _env(name, cast, default)
+    if value < low or (high is not None and value > high):  # type: ignore[operator]
+        span = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise SettingError(f"{name}={value!r} is out of range; set it {span} or unset it")
+    return value

@@ -386,6 +386,26 @@ def _generations(conn: psycopg.Connection, dim: int) -> None:
     )
 
 
+def _source_guards(conn: psycopg.Connection, dim: int) -> None:
+    # The seqs of the segments the chunker read from an external source (EMBED_SOURCE), written when the
+    # recording is chunked: the integrity check's coverage reference for recordings whose transcript is not in
+    # transcript_segments. NULL: not chunked since this migration (its coverage is checked once it is).
+    _x(conn, "ALTER TABLE {s}.recordings ADD COLUMN segment_seqs integer[]")
+    # Removals a source pass refused (lib/sources/removal_guard.py): one row per scope while held.
+    _x(
+        conn,
+        """CREATE TABLE {s}.held_removals (
+               scope       text PRIMARY KEY,
+               ids_digest  text NOT NULL,
+               removals    integer NOT NULL,
+               known       integer NOT NULL,
+               bound       integer NOT NULL,
+               examples    text[] NOT NULL,
+               held_since  timestamptz NOT NULL DEFAULT now(),
+               checked_at  timestamptz NOT NULL DEFAULT now())""",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -396,6 +416,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
     Migration(8, "several models: a registry, vectors partitioned by model, embed_search over the active one", _models),
     Migration(9, "run keys: a generation per recording and model, bumped by every change and re-insert", _generations),
+    Migration(11, "segment seqs a source recording was chunked from; removals held by the guard", _source_guards),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -1,5 +1,5 @@
 """When to send what: one message per change of verdict, failed runs in at most one digest per interval,
-the heartbeat after each new healthy evaluation. A pure function over a small state that the alert sensor
+the heartbeat after each new evaluation that is not critical. A pure function over a small state that the alert sensor
 keeps in its cursor (no table of our own). Dagster-free.
 
 Failed runs accumulate in a window. A change of verdict reports the window with it (the 100 failed runs of
@@ -120,7 +120,7 @@ def decide(
     heartbeat = False
     if observation is not None and observation.evaluation_id != state.evaluation_id:
         state.evaluation_id = observation.evaluation_id
-        heartbeat = observation.verdict == "healthy"
+        heartbeat = observation.verdict != "critical"  # a warning must not silence the dead man's switch
         if observation.verdict != state.verdict:
             if observation.verdict == "healthy":
                 began = state.since or observation.evaluated_at

@@ -19,7 +19,7 @@ class Integrity:
     orphan_vectors: int  # vector whose chunk (text) no longer exists
     zero_vectors: int
     chunk_count_mismatch: int  # recordings whose chunk rows differ from their plan's count
-    coverage_gaps: int  # recordings with a stored segment no chunk covers, or a chunk not bounded by stored ones
+    coverage_gaps: int  # recordings with a segment read that no chunk covers, or a chunk not bounded by ones read
     examples: list[str]
 
     @property
@@ -94,13 +94,15 @@ def check_integrity(conn: psycopg.Connection, model_id: str, recording_ids: Sequ
         ),
         p,
     ).fetchall()
-    # Coverage of the recordings chunked from their current transcript, against the segments actually
-    # stored (their seqs have gaps where turns without speech were skipped at import, so 0..segment_count-1
-    # means nothing). A recording has a gap when a chunk starts or ends at a seq that is not a stored
-    # segment, or when a stored segment lies in no chunk's [first_seq, last_seq]: before a chunk's start yet
-    # after every earlier chunk's end (`reach`), or after the end of all of them. Index probes per chunk,
-    # not a scan of every segment: ~0.5 s for 3,000 recordings of 300 segments and 30 chunks here (a sweep
-    # over all segments in seq order took 1.2 s).
+    # Coverage of the recordings chunked from their current transcript, against the segments the chunker read:
+    # for the project's own recordings the segments stored in transcript_segments, for a source's (EMBED_SOURCE,
+    # whose transcripts stay in the user's tables) the seqs recorded when it was chunked (recordings.segment_seqs;
+    # NULL for one not chunked since migration 11: not checked until it is). Seqs have gaps where turns without
+    # speech were skipped, so 0..segment_count-1 means nothing. A recording has a gap when a chunk starts or ends
+    # at a seq that is not a segment read, or when a segment lies in no chunk's [first_seq, last_seq]: before a
+    # chunk's start yet after every earlier chunk's end (`reach`), or after the end of all of them. Index probes
+    # per chunk, not a scan of every segment: ~0.5 s for 3,000 recordings of 300 segments and 30 chunks here (a
+    # sweep over all segments in seq order took 1.2 s).
     gaps = conn.execute(
         q(
             conn,
@@ -108,7 +110,7 @@ def check_integrity(conn: psycopg.Connection, model_id: str, recording_ids: Sequ
                SELECT r.recording_id FROM {s}.recordings r
                JOIN {s}.chunk_plans cp ON cp.recording_id = r.recording_id AND cp.model = %(m)s
                                    AND cp.source_hash = r.content_hash
-               WHERE true {only}),
+               WHERE r.origin IS NULL {only}),
            spans AS (
                SELECT c.recording_id, c.first_seq, c.last_seq,
                       coalesce(max(c.last_seq) OVER (PARTITION BY c.recording_id ORDER BY c.first_seq, c.last_seq
@@ -129,6 +131,34 @@ def check_integrity(conn: psycopg.Connection, model_id: str, recording_ids: Sequ
            UNION
            SELECT e.recording_id FROM ends e
            WHERE (SELECT max(s.seq) FROM {s}.transcript_segments s WHERE s.recording_id = e.recording_id) > e.reach""",
+            only=only("r"),
+        ),
+        p,
+    ).fetchall()
+    gaps += conn.execute(
+        q(
+            conn,
+            """WITH cur AS (
+               SELECT r.recording_id, r.segment_seqs AS seqs FROM {s}.recordings r
+               JOIN {s}.chunk_plans cp ON cp.recording_id = r.recording_id AND cp.model = %(m)s
+                                   AND cp.source_hash = r.content_hash
+               WHERE r.origin IS NOT NULL AND r.segment_seqs IS NOT NULL {only}),
+           spans AS (
+               SELECT c.recording_id, cur.seqs, c.first_seq, c.last_seq,
+                      coalesce(max(c.last_seq) OVER (PARTITION BY c.recording_id ORDER BY c.first_seq, c.last_seq
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), -1) AS reach
+               FROM {s}.chunks c JOIN cur USING (recording_id) WHERE c.model = %(m)s),
+           ends AS (
+               SELECT cur.recording_id, (SELECT max(x) FROM unnest(cur.seqs) x) AS last,
+                      coalesce(max(c.last_seq), -1) AS reach FROM cur
+               LEFT JOIN {s}.chunks c ON c.recording_id = cur.recording_id AND c.model = %(m)s
+               GROUP BY cur.recording_id, cur.seqs)
+           SELECT sp.recording_id FROM spans sp
+           WHERE sp.first_seq > sp.last_seq
+              OR NOT sp.first_seq = ANY(sp.seqs) OR NOT sp.last_seq = ANY(sp.seqs)
+              OR EXISTS (SELECT 1 FROM unnest(sp.seqs) x WHERE x > sp.reach AND x < sp.first_seq)
+           UNION
+           SELECT e.recording_id FROM ends e WHERE e.last > e.reach""",
             only=only("r"),
         ),
         p,

@@ -3,12 +3,15 @@ Every number here is one a user can reproduce with the SQL in this file."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import psycopg
 
 from embed_assets.lib.db.names import q
+from embed_assets.lib.health.backlog import Backlog
+from embed_assets.lib.sources.removal_guard import HeldRemoval
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,9 @@ class Thresholds:
     dead_letter_critical: int = 50  # more than this: critical
     idle_warn_s: float = 3600  # no embedding for this long while work is pending: warning
     idle_critical_s: float = 6 * 3600
+    # EMBED_HEALTH_IN_FLIGHT_S: pending work younger than this is in flight, not missing (the completion rule);
+    # a stall is the idle rule's to see, within idle_warn_s.
+    in_flight_grace_s: float = 6 * 3600
 
 
 @dataclass
@@ -147,22 +153,45 @@ def trend(conn: psycopg.Connection, model: str) -> Trend:
     return Trend(float(pending) if pending is not None else None, int(row[0]), int(row[1]), int(row[2]))
 
 
-def verdict(s: DbStatus, failed: int, dead_lettered: int, t: Thresholds = Thresholds()) -> tuple[str, list[str]]:
-    """("healthy" | "warning" | "critical", reasons) by DESIGN.md's thresholds."""
+def verdict(
+    s: DbStatus,
+    failed: int,
+    dead_lettered: int,
+    t: Thresholds = Thresholds(),
+    backlog: Backlog | None = None,
+    held: Sequence[HeldRemoval] = (),
+) -> tuple[str, list[str]]:
+    """("healthy" | "warning" | "critical", reasons) by DESIGN.md's thresholds. With ``backlog``
+    (lib/health/backlog.py), pending work younger than ``t.in_flight_grace_s`` does not count against completion,
+    and the idle rule watches only work not already reported (dead-lettered, unreadable) for as long as it has
+    waited: a quiet night with reported recordings, or a fresh import, is healthy. ``held``: source removals
+    withheld by the removal guard (lib/sources/removal_guard.py), each a warning until confirmed or resolved."""
     reasons: list[tuple[str, str]] = []
-    if s.completion_rate < t.healthy_completion:
-        reasons.append(("warning", f"completion {s.completion_rate:.1%} < {t.healthy_completion:.0%}"))
+    overdue = s.pending if backlog is None else backlog.overdue
+    rate = (s.recordings - overdue) / s.recordings if s.recordings else 1.0
+    if rate < t.healthy_completion:
+        in_flight = (
+            f" ({backlog.in_flight} newer recording(s) in flight not counted)" if backlog and backlog.in_flight else ""
+        )
+        reasons.append(("warning", f"completion {rate:.1%} < {t.healthy_completion:.0%}{in_flight}"))
     if dead_lettered > t.dead_letter_critical:
         reasons.append(("critical", f"{dead_lettered} dead-lettered recordings > {t.dead_letter_critical}"))
     elif dead_lettered > t.dead_letter_warn:
         reasons.append(("warning", f"{dead_lettered} dead-lettered recordings > {t.dead_letter_warn}"))
-    if s.pending or failed:
-        idle = s.seconds_since_last_embedding
+    if backlog is None:
+        waiting, idle = bool(s.pending or failed), s.seconds_since_last_embedding
+    else:  # nothing embedded for as long as the oldest work not yet reported has waited, at most
+        waiting, idle = backlog.waiting > 0, s.seconds_since_last_embedding
+        if waiting and backlog.oldest_waiting_s is not None:
+            idle = backlog.oldest_waiting_s if idle is None else min(idle, backlog.oldest_waiting_s)
+    if waiting:
         if idle is None or idle > t.idle_critical_s:
             what = "never" if idle is None else f"not for {idle / 3600:.1f} h"
             reasons.append(("critical", f"work is pending but nothing was embedded ({what})"))
         elif idle > t.idle_warn_s:
             reasons.append(("warning", f"work is pending but nothing was embedded for {idle / 60:.0f} min"))
+    for h in held:
+        reasons.append(("warning", h.reason()))
     level = "critical" if any(r[0] == "critical" for r in reasons) else "warning" if reasons else "healthy"
     return level, [r[1] for r in reasons]
 

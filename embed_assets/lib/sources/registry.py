@@ -9,7 +9,7 @@ tombstones, status, the sensor's cursor) then works as with the project's own ta
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -109,14 +109,17 @@ def remove(conn: psycopg.Connection, ids: list[str]) -> int:
     return removed
 
 
-def set_segment_count(conn: psycopg.Connection, recording_id: str, content_hash: str, segments: int) -> None:
+def set_segments_read(conn: psycopg.Connection, recording_id: str, content_hash: str, seqs: Sequence[int]) -> None:
+    """Record what the chunker read of this transcript: how many segments, and their seqs (the integrity check's
+    coverage reference for a source recording, whose segments are not in transcript_segments)."""
     conn.execute(
         q(
             conn,
-            """UPDATE {s}.recordings SET segment_count = %s
-               WHERE recording_id = %s AND content_hash = %s AND segment_count <> %s""",
+            """UPDATE {s}.recordings SET segment_count = %(n)s, segment_seqs = %(seqs)s
+               WHERE recording_id = %(r)s AND content_hash = %(h)s
+                 AND (segment_count, segment_seqs) IS DISTINCT FROM (%(n)s, %(seqs)s::integer[])""",
         ),
-        (segments, recording_id, content_hash, segments),
+        {"n": len(seqs), "seqs": list(seqs), "r": recording_id, "h": content_hash},
     )
 
 

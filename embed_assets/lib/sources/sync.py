@@ -19,8 +19,10 @@ from typing import Any
 
 import psycopg
 
+from embed_assets.lib.settings import automation_settings
 from embed_assets.lib.sources.external import ExternalSource
 from embed_assets.lib.sources.registry import RegistryChanges, loaded_ids, register, registered_ids, remove
+from embed_assets.lib.sources.removal_guard import HeldRemoval, RemovalBound, guard
 from embed_assets.lib.transcripts import validate_recording_id
 
 
@@ -31,6 +33,7 @@ class SyncReport:
     registry: RegistryChanges = field(default_factory=RegistryChanges)
     reconciled: bool = False
     unusable_ids: dict[str, str] = field(default_factory=dict)  # id -> why it cannot be a partition key
+    held: HeldRemoval | None = None  # removals refused by the guard, waiting for a confirmation
 
     def summary(self) -> str:
         r = self.registry
@@ -43,7 +46,15 @@ class SyncReport:
         if self.unusable_ids:
             first = next(iter(self.unusable_ids.items()))
             text += f"; {len(self.unusable_ids)} id(s) skipped, e.g. {first[0]!r}: {first[1]}"
+        if self.held is not None:
+            text += f"; REMOVAL HELD: {self.held.reason()}"
         return text
+
+
+def removal_bound() -> RemovalBound:
+    """The removal guard's bound and confirmation, from the environment (read at tick time)."""
+    s = automation_settings()
+    return RemovalBound(s.max_remove_share, s.max_remove_floor, s.confirm_removals)
 
 
 def sync_source(
@@ -55,8 +66,10 @@ def sync_source(
     settle_s: float,
     scan_limit: int,
     reconcile_every_s: float,
+    bound: RemovalBound | None = None,
 ) -> tuple[dict[str, Any], SyncReport]:
-    """Returns the new state (JSON-able: kept in the sensor's cursor) and what changed."""
+    """Returns the new state (JSON-able: kept in the sensor's cursor) and what changed. Removals past ``bound``
+    (default: the EMBED_SOURCE_MAX_REMOVE_* settings) are held (lib/sources/removal_guard.py): see report.held."""
     report = SyncReport()
     source.validate(source_conn)
     now = source.now(source_conn)
@@ -71,7 +84,10 @@ def sync_source(
     report.registry.conflicts = len(ids & loaded)
     ids -= loaded
     gone = sorted(known - ids)
-    if gone:
+    # An empty or partial snapshot (a table reloaded by TRUNCATE + INSERT, a join to a table being rebuilt) must
+    # not forget the corpus: past the bound, nothing is removed until this very removal is confirmed.
+    report.held = guard(store_conn, source.definition.name, gone, len(known), bound or removal_bound())
+    if gone and report.held is None:
         report.registry.removed = remove(store_conn, gone)
     candidates = set(ids - known)
     new_state = dict(state)
