@@ -126,19 +126,25 @@ def _load(transcripts, problems, register: bool) -> Counter:
             registered += register_partitions(stored, instance)
         stored.clear()
 
+    current: str | None = None  # the recording being written (stored or not, if an interrupt lands now)
     try:
         with _connect_migrated() as conn, _progress(len(transcripts) > 20) as bar:
             task = bar.add_task("loading", total=len(transcripts))
             for t in transcripts:
                 try:
+                    current = t.recording_id
                     counts[upsert_transcript(conn, t)] += 1
                     stored.append(t.recording_id)
+                    current = None
                 except psycopg.DataError as e:  # a value the database refuses costs only its own record
                     problems.append(InputProblem(t.source, f"the database refused it: {first_line(str(e))}"))
                 if len(stored) >= REGISTER_EVERY:
                     flush()
                 bar.advance(task)
     except KeyboardInterrupt:
+        # The interrupt may land after a recording's commit and before it was counted as stored: look it up.
+        if current is not None:
+            stored.extend(_stored_ids([current]))
         flush()
         _report_load(problems, counts, register, registered)
         _die("interrupted: the recordings counted above are stored and registered; run the load again to finish", 130)
@@ -146,6 +152,18 @@ def _load(transcripts, problems, register: bool) -> Counter:
         flush()
     _report_load(problems, counts, register, registered)
     return counts
+
+
+def _stored_ids(ids: list[str]) -> list[str]:
+    """Which of ``ids`` are stored, on a connection of its own (the load's may be mid-statement)."""
+    from embed_assets.lib.db.connection import connect, vector_database_url
+    from embed_assets.lib.db.names import q
+
+    with connect(vector_database_url()) as conn:
+        rows = conn.execute(
+            q(conn, "SELECT recording_id FROM {s}.recordings WHERE recording_id = ANY(%s)"), (ids,)
+        ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _report_load(problems: list, counts: Counter, register: bool, registered: int) -> None:
