@@ -23,6 +23,7 @@ from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.sources.formats import UnreadableSourceRow
 from embed_assets.lib.sources.tables import LOCK_RECORDING, lock_recording
+from embed_assets.lib.vector_cache import consume
 
 
 class SourceChangedError(EmbedAssetsError):
@@ -364,6 +365,7 @@ def write_vectors(
                 smallest = min(smallest, n)
             statements += 1
             start += len(batch)
+        consume(conn, plan.model_id, [h for h, _ in rows.values()])  # in chunk_vectors now: out of the cache
         _mark_embedded(conn, plan)  # its plan was checked under the lock above, so this marks it
     adapted = ""
     if sizer and smallest < insert_batch_size and len(items) > smallest:
