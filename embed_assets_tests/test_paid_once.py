@@ -168,11 +168,11 @@ def test_a_copy_and_a_returning_recording_served_from_cache_cost_nothing(conn: p
     copy = transcript("first", 30)
     upsert_transcript(conn, Transcript("copy", copy.segments))  # the same call under another id
     run(conn, "copy", emb)
+    assert trend(conn, SPEC.model_id) == day  # the copy's vectors were reused, not bought
     # Removed (its vectors kept for the grace period), then loaded again with the same content.
-    assert keep_removed(conn, ["first"]) > 0
-    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'first'")
-    upsert_transcript(conn, transcript("first", 30))
-    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id = 'copy'")  # only the cache holds them now
+    assert keep_removed(conn, ["first", "copy"]) > 0
+    conn.execute("DELETE FROM embed_assets.recordings WHERE recording_id IN ('first', 'copy')")
+    upsert_transcript(conn, transcript("first", 30))  # only the cache holds its vectors now
     stats = run(conn, "first", emb)
     assert stats.embedded == 0 and stats.vectors_written == stats.chunks > 0
     assert len(emb.calls) == 1  # the provider was asked once, for the first load only
