@@ -365,8 +365,11 @@ def write_vectors(
                 smallest = min(smallest, n)
             statements += 1
             start += len(batch)
-        consume(conn, plan.model_id, [h for h, _ in rows.values()])  # in chunk_vectors now: out of the cache
         _mark_embedded(conn, plan)  # its plan was checked under the lock above, so this marks it
+    # In chunk_vectors now: out of the cache. After the commit, not inside the write: a row deleted there would stay
+    # locked for the whole indexed write, and another run keeping the same text would wait for it. A kill between
+    # the two leaves rows that expire (lib/vector_cache.py).
+    consume(conn, plan.model_id, [h for h, _ in rows.values()])
     adapted = ""
     if sizer and smallest < insert_batch_size and len(items) > smallest:
         adapted = (

@@ -8,8 +8,8 @@ plan (the same run's next window, the small-batch retry, a run days later) finds
 transaction, so the run's metadata and the daily cost figure count what was paid for, and nothing that was
 copied, reused or adopted.
 
-Bounded growth: a bought row (``expires_at`` set) goes in the transaction of the write that uses it (the vector
-then lives in ``chunk_vectors``, which plans also search); one no write used (a recording that never succeeds, a
+Bounded growth: a bought row (``expires_at`` set) goes once a write that uses it has committed (the vector then
+lives in ``chunk_vectors``, which plans also search); one no write used (a recording that never succeeds, a
 text edited away meanwhile) goes after EMBED_VECTOR_CACHE_DAYS. The vectors of a removed recording are kept the
 same way (``keep_removed``), so a recording that returns within the grace period costs nothing. Adopted rows
 (``embed-assets adopt``, no ``expires_at``) stay until their model is dropped.
@@ -94,8 +94,8 @@ def keep_bought(
 
 
 def consume(conn: psycopg.Connection, model_id: str, hashes: Sequence[str]) -> None:
-    """Drop the bought (and kept-from-removed) rows a write used; call inside that write's transaction, so a
-    write that rolls back keeps them. Adopted rows stay."""
+    """Drop the bought (and kept-from-removed) rows a write used, once it committed (a write that rolled back
+    keeps them). Adopted rows stay."""
     if hashes:
         _x(
             conn,
