@@ -23,8 +23,8 @@ from embed_assets.lib.health.status import db_status, trend
 from embed_assets.lib.pipeline import RecordingEmbedder, chunk_recording
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
-from embed_assets.lib.vector_cache import keep_removed
-from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
+from embed_assets.lib.vector_cache import Billed, keep_bought, keep_removed
+from embed_assets_tests.support.openai_server import FakeOpenAI, Fault, vector_for
 from embed_assets_tests.test_adopt import backfill, old_table, run_adopt  # noqa: F401 (old_table: a fixture)
 from embed_assets_tests.test_store import PARAMS, SPEC, HashEmbedder, run, transcript
 
@@ -177,3 +177,22 @@ def test_a_copy_and_a_returning_recording_served_from_cache_cost_nothing(conn: p
     assert stats.embedded == 0 and stats.vectors_written == stats.chunks > 0
     assert len(emb.calls) == 1  # the provider was asked once, for the first load only
     assert trend(conn, SPEC.model_id) == day  # the copy and the return cost nothing and were no provider work
+
+
+def test_bought_vectors_no_write_used_expire_after_the_grace_period(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def keep(h: str, prune: bool = False) -> None:
+        keep_bought(conn, SPEC.model_id, [h], [vector_for(h, 384)], Billed(1, 1, 3), prune=prune)
+
+    keep("left-behind")
+    assert conn.execute(
+        "SELECT expires_at > now() + interval '6.9 days' AND expires_at < now() + interval '7.1 days'"
+        " FROM embed_assets.vector_cache"
+    ).fetchone() == (True,)  # EMBED_VECTOR_CACHE_DAYS' default
+    conn.execute("UPDATE embed_assets.vector_cache SET expires_at = now() - interval '1 second'")
+    keep("fresh", prune=True)  # a step's first keep prunes
+    assert [r[0] for r in conn.execute("SELECT content_hash FROM embed_assets.vector_cache")] == ["fresh"]
+    monkeypatch.setenv("EMBED_VECTOR_CACHE_DAYS", "0")
+    with pytest.raises(ValueError, match="EMBED_VECTOR_CACHE_DAYS=0 must be > 0"):
+        keep("never")
