@@ -196,3 +196,24 @@ def test_bought_vectors_no_write_used_expire_after_the_grace_period(
     monkeypatch.setenv("EMBED_VECTOR_CACHE_DAYS", "0")
     with pytest.raises(ValueError, match="EMBED_VECTOR_CACHE_DAYS=0 must be > 0"):
         keep("never")
+
+
+def test_a_worker_role_under_row_security_keeps_and_uses_what_it_bought(conn: psycopg.Connection) -> None:
+    from embed_assets.lib.db.roles import grant, revoke
+    from embed_assets.lib.vector_cache import consume
+
+    conn.execute("DROP ROLE IF EXISTS paid_once_worker")
+    conn.execute("CREATE ROLE paid_once_worker")
+    grant(conn, "paid_once_worker", "runtime")  # what `embed-assets grant ROLE --access runtime` does
+    try:
+        conn.execute("SET ROLE paid_once_worker")
+        assert conn.execute("SELECT row_security_active('embed_assets.vector_cache')").fetchone()[0]
+        keep_bought(conn, SPEC.model_id, ["a", "b"], [vector_for(h, 384) for h in "ab"], Billed(1, 2, 7), prune=True)
+        consume(conn, SPEC.model_id, ["a"])
+        assert [r[0] for r in conn.execute("SELECT content_hash FROM embed_assets.vector_cache")] == ["b"]
+        assert conn.execute("SELECT inputs, tokens FROM embed_assets.provider_usage").fetchall() == [(2, 7)]
+    finally:
+        conn.execute("RESET ROLE")
+        revoke(conn, "paid_once_worker")
+        conn.execute("DROP OWNED BY paid_once_worker")
+        conn.execute("DROP ROLE paid_once_worker")
