@@ -217,3 +217,36 @@ def test_a_worker_role_under_row_security_keeps_and_uses_what_it_bought(conn: ps
         revoke(conn, "paid_once_worker")
         conn.execute("DROP OWNED BY paid_once_worker")
         conn.execute("DROP ROLE paid_once_worker")
+
+
+def test_requests_answered_beside_a_refused_one_are_handed_back_with_its_error(fake_openai: FakeOpenAI) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embed_assets.lib.embedders.base import answered_before
+    from embed_assets.lib.errors import ProviderError
+    from embed_assets_tests.test_reliability import wait_for
+
+    config = OpenAIEmbedderConfig(
+        model="text-embedding-3-small",
+        dimensions=384,
+        base_url=fake_openai.base_url,
+        max_inputs_per_request=4,
+        max_concurrency=4,
+        max_attempts=1,
+    )
+    embedder = config.build(SecretStr(fake_openai.api_key))
+    texts = [f"passage {i} about the pilot" for i in range(16)]
+    fake_openai.fail_requests({1}, Fault(status=400))  # the first to arrive is refused; the three beside it answered
+    fake_openai.gate.clear()  # all four in flight before any is answered
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(embedder.embed, texts, [6] * 16)
+        wait_for(lambda: fake_openai.seen.requests >= 4, "four requests in flight")
+        fake_openai.gate.set()
+        with pytest.raises(ProviderError) as refused:
+            call.result()
+    answered = answered_before(refused.value)
+    assert answered is not None and len(answered.indexes) == fake_openai.seen.inputs == 12
+    assert answered.result.tokens == fake_openai.seen.tokens and answered.result.requests == 4
+    for i in answered.indexes:
+        np.testing.assert_allclose(answered.result.vectors[i], vector_for(texts[i], 384), atol=1e-6)
+    embedder.close()
