@@ -63,7 +63,7 @@ def keep_bought(
             register_vector_types(conn)
             # One statement, vectors as a binary array parameter: no COPY, which row security refuses to a worker
             # role, and no temporary table (a privilege, and catalog churn); ON CONFLICT tolerates a text another
-            # run bought meanwhile. ~0.1-0.4 s for 1,000 x 1536 under load (bench/paid_once.py).
+            # run bought meanwhile. ~0.1 s for 1,000 x 1536, ~1.5% of the indexed write (bench/paid_once.py).
             _x(
                 conn,
                 """INSERT INTO {s}.vector_cache (model, content_hash, embedding, origin, expires_at)
