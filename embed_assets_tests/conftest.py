@@ -61,7 +61,10 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
     from embed_assets_tests.support.models import reset_models
 
     with psycopg.connect(db_url, autocommit=True) as c:
-        c.execute("TRUNCATE embed_assets.recordings, embed_assets.vector_cache, embed_assets.held_removals CASCADE")
+        c.execute(
+            "TRUNCATE embed_assets.recordings, embed_assets.vector_cache, embed_assets.held_removals, "
+            "embed_assets.provider_usage CASCADE"
+        )
         reset_models(c)
         yield c
 

@@ -34,9 +34,11 @@ def test_health_numbers_equal_the_database(conn: psycopg.Connection, fake_openai
         assert result.success
         (event,) = result.asset_materializations_for_node("pipeline_health")
         md = {k: v.value for k, v in event.metadata.items()}
+    # What the provider billed: each distinct text once (h2 shares most of h1's turns, and those are copies).
     vectors, tokens = conn.execute(
-        """SELECT count(*), sum(c.token_count) FROM embed_assets.chunk_vectors v
-           JOIN embed_assets.chunks c USING (recording_id, model, chunk_index, content_hash)"""
+        """SELECT count(*), sum(token_count) FROM (SELECT DISTINCT c.content_hash, c.token_count
+           FROM embed_assets.chunk_vectors v
+           JOIN embed_assets.chunks c USING (recording_id, model, chunk_index, content_hash)) billed"""
     ).fetchone()
     assert (md["recordings"], md["pending"], md["failed"], md["dead_lettered"]) == (3, 1, 0, 0)
     assert md["completion_pct"] == pytest.approx(100 * 2 / 3, abs=1e-3)

@@ -350,6 +350,7 @@ def _embed_model(
         writers=config.write_concurrency,
         connect=db.connect,  # the writers' own connections
         log=context.log.info,
+        run_id=context.run_id,
     )
     try:
         stats: list[EmbedStats] = _run_each(
@@ -361,6 +362,13 @@ def _embed_model(
             on_error=_recorder(context, db, [spec.model_id], "chunk_embeddings"),
             label=None if model.active else spec.model_id,
         )
+    except (dg.Failure, dg.RetryRequested) as e:
+        # What the provider answered was billed, whatever failed after it (lib/vector_cache.py keeps the vectors).
+        billed = {"tokens": recordings.totals.tokens, "estimated_cost_usd": round(recordings.totals.cost_usd(spec), 6)}
+        if isinstance(e, dg.RetryRequested):
+            context.log.warning(f"billed before the retry: {billed['tokens']} tokens (${billed['estimated_cost_usd']})")
+            raise
+        raise dg.Failure(e.description, {**e.metadata, **billed}, allow_retries=e.allow_retries) from None
     finally:
         recordings.close()
         client.close()

@@ -27,7 +27,8 @@ def pipeline_health(
     context: dg.AssetExecutionContext, store: VectorStoreResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
     """Completion, pending, failed, dead-lettered, oldest pending age, vectors and tokens per hour and the
-    estimated cost per day, evaluated on a clock; Overview -> Metadata -> Plots shows them over time. The
+    estimated cost per day (what the provider billed: vectors copied, reused or adopted count for nothing),
+    evaluated on a clock; Overview -> Metadata -> Plots shows them over time. The
     verdict (healthy / warning / critical) comes with its reasons; a configuration problem (the blocking
     check's own finding, e.g. a missing OPENAI_API_KEY where runs execute) makes it critical and is recorded
     as the concrete cause that the alerts (health_alerts sensor) send."""
@@ -39,7 +40,7 @@ def pipeline_health(
     with store.connect() as conn:
         t = trend(conn, spec.model_id)
     db = h["db"]
-    cost_per_day = t.tokens_last_24h * spec.usd_per_million_tokens / 1e6
+    cost_per_day = t.tokens_last_24h * spec.usd_per_million_tokens / 1e6  # billed tokens only: reuse is free
     return dg.MaterializeResult(
         metadata={
             "verdict": level,

@@ -15,7 +15,7 @@ import psycopg
 from embed_assets.lib.chunking import ChunkParams, chunk_segments
 from embed_assets.lib.db.connection import Reconnecting
 from embed_assets.lib.db.names import q
-from embed_assets.lib.embedders.base import Embedder, EmbedResult
+from embed_assets.lib.embedders.base import Embedder, EmbedResult, answered_before
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.external import ExternalSource
@@ -31,6 +31,7 @@ from embed_assets.lib.store import (
     write_vectors,
 )
 from embed_assets.lib.tokenizers import counter_name, token_counter
+from embed_assets.lib.vector_cache import Billed, keep_bought
 
 
 @dataclass
@@ -255,6 +256,13 @@ class RecordingEmbedder:
     re-checks each plan under the recording's lock (write_vectors), so planning ahead cannot write stale
     vectors. The same text twice in a window is sent once.
 
+    Paid once: whatever the provider answers (a whole window, or the requests answered before one of them
+    failed) is counted in ``totals`` and kept in the vector cache with its bill, committed before any indexed
+    write (lib/vector_cache.py), on a connection of its own (``connect``) as soon as it arrives. A write that
+    times out or is killed, or a window that fails halfway, then costs no second purchase: the next plan (this
+    run's, the small-batch retry's) finds the vectors there. Without ``connect``, a prefetched window's vectors
+    are kept by the calling thread when its turn comes (the step's connection may be mid-write meanwhile).
+
     With ``prefetch``, the next window is planned as soon as one is embedded and sent to the provider on a
     thread of its own while this one's recordings are written, so the provider waits for no write and no
     write for the provider (the seed bench's provider budget is then used without gaps). Its texts already
@@ -276,8 +284,12 @@ class RecordingEmbedder:
         writers: int = 1,
         connect: Callable[[], psycopg.Connection] | None = None,
         log: Callable[[str], None] = lambda _: None,
+        run_id: str | None = None,
     ) -> None:
         self._conn, self._embedder, self._keys = conn, embedder, list(keys)
+        self._run_id = run_id  # provider_usage.run_id of what this step buys
+        self._keeper = Reconnecting(connect) if connect is not None else None  # keeps bought vectors (any thread)
+        self._keep_lock, self._pruned = threading.Lock(), False
         self._sizer = BatchSizer(floor=min(5, insert_batch_size)) if adaptive_batches else None
         self._position = {k: i for i, k in enumerate(self._keys)}
         self._window_inputs = max(1, window_inputs)
@@ -288,7 +300,8 @@ class RecordingEmbedder:
         self._log = log
         self._ready: dict[str, _Planned] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
-        self._next: tuple[str, list[_Planned], Future[None]] | None = None  # head key, window, its embedding
+        # head key, window, its embedding, and what it bought to keep on this thread (without ``connect``)
+        self._next: tuple[str, list[_Planned], Future[None], list[Callable[[], None]]] | None = None
         # writers > 1: recordings are written on that many threads, each on a connection of its own (``connect``),
         # in order of the keys; this thread plans and embeds, and returns each recording's result in turn.
         self._writers = _Writers(max(1, writers), connect) if writers > 1 and connect is not None else None
@@ -298,14 +311,20 @@ class RecordingEmbedder:
     def close(self) -> None:
         """Stop prefetching: a window not started is cancelled, one in flight is waited for; writes not started
         are cancelled, those in flight finish (each is a transaction of its own) and their connections close."""
+        ahead, self._next = self._next, None
         if self._pool is not None:
-            if self._next is not None:
-                self._next[2].cancel()
-                self._next = None
+            if ahead is not None:
+                ahead[2].cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._writers is not None:
             self._writing.clear()
             self._writers.close()
+        try:
+            if ahead is not None:
+                _run_all(ahead[3])  # a window embedded in flight was paid for: keep it
+        finally:
+            if self._keeper is not None:
+                self._keeper.close()
 
     def __call__(self, recording_id: str) -> EmbedStats:
         if self._writers is None:
@@ -358,11 +377,15 @@ class RecordingEmbedder:
         ahead, self._next = self._next, None
         if ahead is not None and ahead[0] == recording_id:
             window = ahead[1]
-            ahead[2].result()  # its provider error is this recording's, as if embedded on its own call
+            try:
+                ahead[2].result()  # its provider error is this recording's, as if embedded on its own call
+            finally:
+                _run_all(ahead[3])
         else:
             if ahead is not None:
                 ahead[2].cancel()
                 wait([ahead[2]])
+                _run_all(ahead[3])
             window = self._window(recording_id, self._first_inputs if self._pool is not None else None)
             self._embed(window)
         self._ready = {p.plan.recording_id: p for p in window}
@@ -389,7 +412,8 @@ class RecordingEmbedder:
                     keep.append(c)
             p.plan.to_embed = keep
         assert self._pool is not None
-        self._next = (head, ahead, self._pool.submit(self._embed, ahead))
+        deferred: list[Callable[[], None]] = []
+        self._next = (head, ahead, self._pool.submit(self._embed, ahead, deferred), deferred)
 
     def _window(self, recording_id: str, inputs: int | None = None) -> list[_Planned]:
         window = [self._plan(recording_id)]  # the caller's own recording: its errors are its own
@@ -404,7 +428,7 @@ class RecordingEmbedder:
             pending += len(window[-1].plan.to_embed)
         return window
 
-    def _embed(self, window: list[_Planned]) -> None:
+    def _embed(self, window: list[_Planned], deferred: list[Callable[[], None]] | None = None) -> None:
         first: dict[str, PendingChunk] = {}  # content hash -> the chunk that carries it to the provider
         for p in window:
             for c in p.plan.to_embed:
@@ -427,11 +451,52 @@ class RecordingEmbedder:
                 self._log(f"{label}: embedded {done}/{total} chunks")
                 next_report += 0.25
 
-        result = self._embedder.embed([c.content for c in chunks], [c.token_count for c in chunks], progress)
+        try:
+            result = self._embedder.embed([c.content for c in chunks], [c.token_count for c in chunks], progress)
+        except Exception as e:
+            answered = answered_before(e)  # requests of this window answered before one failed: paid for
+            if answered is not None:
+                self._keep(chunks, answered.indexes, answered.result, deferred)
+            raise
+        self._keep(chunks, range(total), result, deferred)
         by_hash = {c.content_hash: result.vectors[i] for i, c in enumerate(chunks)}
         for p in window:
             p.vectors.update({c.chunk_index: (c.content_hash, by_hash[c.content_hash]) for c in p.plan.to_embed})
-        self.totals.add(total, result)
+
+    def _keep(
+        self,
+        chunks: list[PendingChunk],
+        indexes: Sequence[int],
+        result: EmbedResult,
+        deferred: list[Callable[[], None]] | None,
+    ) -> None:
+        """Count what the provider billed, and keep what it answered (committed before any indexed write)."""
+        self.totals.add(len(indexes), result)
+        if not len(indexes) and not result.tokens:
+            return  # nothing answered, nothing billed (a failed request)
+        hashes = [chunks[i].content_hash for i in indexes]
+        vectors = result.vectors if len(indexes) == len(chunks) else result.vectors[list(indexes)]
+        billed = Billed(result.requests, len(indexes), result.tokens)
+
+        def keep(conn: Callable[[], psycopg.Connection]) -> None:
+            with self._keep_lock:
+                keep_bought(
+                    conn(), self._embedder.spec.model_id, hashes, vectors, billed, run_id=self._run_id,
+                    prune=not self._pruned,
+                )  # fmt: skip
+                self._pruned = True
+
+        if self._keeper is not None:
+            keep(self._keeper.get)
+        elif deferred is not None:  # a prefetch thread without a connection of its own: the caller's turn keeps it
+            deferred.append(lambda: keep(self._conn))
+        else:
+            keep(self._conn)
+
+
+def _run_all(jobs: list[Callable[[], None]]) -> None:
+    while jobs:
+        jobs.pop(0)()
 
 
 class _Writers:

@@ -64,6 +64,15 @@ def env_int(name: str, default: int) -> int:
     return _env(name, int, default)
 
 
+def vector_cache_days() -> float:
+    """EMBED_VECTOR_CACHE_DAYS (7): how long vectors bought but not yet written (a failed write or window) and the
+    vectors of removed recordings stay content-addressed in the cache (lib/vector_cache.py)."""
+    days = _env("EMBED_VECTOR_CACHE_DAYS", float, 7.0)
+    if not days > 0:
+        raise ValueError(f"EMBED_VECTOR_CACHE_DAYS={days:g} must be > 0 (days); set a positive number or unset it")
+    return days
+
+
 def load_settings() -> Settings:
     """Read the EMBED_* variables. The API key is deliberately not part of Settings (secrets stay out)."""
     provider = os.environ.get("EMBED_PROVIDER", "").strip().lower() or "local"

@@ -23,6 +23,7 @@ from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.sources.formats import UnreadableSourceRow
 from embed_assets.lib.sources.tables import LOCK_RECORDING, lock_recording
+from embed_assets.lib.vector_cache import consume
 
 
 class SourceChangedError(EmbedAssetsError):
@@ -365,6 +366,10 @@ def write_vectors(
             statements += 1
             start += len(batch)
         _mark_embedded(conn, plan)  # its plan was checked under the lock above, so this marks it
+    # In chunk_vectors now: out of the cache. After the commit, not inside the write: a row deleted there would stay
+    # locked for the whole indexed write, and another run keeping the same text would wait for it. A kill between
+    # the two leaves rows that expire (lib/vector_cache.py).
+    consume(conn, plan.model_id, [h for h, _ in rows.values()])
     adapted = ""
     if sizer and smallest < insert_batch_size and len(items) > smallest:
         adapted = (

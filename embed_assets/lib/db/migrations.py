@@ -406,6 +406,27 @@ def _source_guards(conn: psycopg.Connection, dim: int) -> None:
     )
 
 
+def _paid_once(conn: psycopg.Connection, dim: int) -> None:
+    """Vectors the provider answered are kept before the indexed write (lib/vector_cache.py): a cache row with an
+    ``expires_at`` was bought (or belonged to a removed recording) and goes when a write uses it or when it expires;
+    adopted rows have none and stay. Every billed provider response is a row of provider_usage, so spend figures
+    count what was paid for, not vectors copied or reused."""
+    _x(conn, "ALTER TABLE {s}.vector_cache ADD COLUMN expires_at timestamptz")
+    _x(conn, "CREATE INDEX vector_cache_expires_idx ON {s}.vector_cache (expires_at) WHERE expires_at IS NOT NULL")
+    _x(
+        conn,
+        """CREATE TABLE {s}.provider_usage (
+               id        bigserial PRIMARY KEY,
+               model     text NOT NULL,
+               billed_at timestamptz NOT NULL DEFAULT now(),
+               requests  integer NOT NULL,
+               inputs    integer NOT NULL,
+               tokens    bigint NOT NULL,
+               run_id    text)""",
+    )
+    _x(conn, "CREATE INDEX provider_usage_model_idx ON {s}.provider_usage (model, billed_at)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -416,6 +437,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "user-defined sources: unreadable rows flagged; adopted vector cache", _sources),
     Migration(8, "several models: a registry, vectors partitioned by model, embed_search over the active one", _models),
     Migration(9, "run keys: a generation per recording and model, bumped by every change and re-insert", _generations),
+    Migration(10, "paid once: bought vectors kept before the indexed write, billed usage per call", _paid_once),
     Migration(11, "segment seqs a source recording was chunked from; removals held by the guard", _source_guards),
 )
 LATEST = MIGRATIONS[-1].version

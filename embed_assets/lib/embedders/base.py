@@ -25,6 +25,24 @@ class EmbedResult:
     paced_s: float = 0.0  # time requests waited for the provider's reported budget before being sent
 
 
+@dataclass
+class Answered:
+    """What a failed ``embed`` call had already been answered, and billed, before one of its requests failed: the
+    vectors of those inputs are paid for and must not be bought again (lib/vector_cache.py keeps them)."""
+
+    indexes: list[int]  # input positions answered, in input order
+    result: EmbedResult  # vectors of all inputs (only ``indexes`` rows are valid), requests sent, tokens billed
+
+
+def attach_answered(error: BaseException, answered: Answered) -> None:
+    """Carry ``answered`` on the error that ends the call, for the caller to keep (``answered_before``)."""
+    error.embed_answered = answered  # type: ignore[attr-defined]
+
+
+def answered_before(error: BaseException) -> Answered | None:
+    return getattr(error, "embed_answered", None)
+
+
 class Embedder(Protocol):
     spec: ModelSpec
 

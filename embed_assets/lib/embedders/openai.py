@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, SecretStr
 
-from embed_assets.lib.embedders.base import EmbedResult, Progress
+from embed_assets.lib.embedders.base import Answered, EmbedResult, Progress, attach_answered
 from embed_assets.lib.errors import ConfigError, ProviderError, TransientProviderError
 from embed_assets.lib.models import ModelSpec, resolve_model
 
@@ -289,25 +289,39 @@ class OpenAIEmbedder:
             )
         stats = EmbedResult(np.empty((len(texts), self.spec.dimension), dtype=np.float32))
         batches = pack_requests(token_counts, self.config.max_inputs_per_request, self.config.max_tokens_per_request)
+        answered: list[range] = []  # requests answered (and billed) so far
 
         def run(r: range) -> None:
             stats.vectors[r.start : r.stop] = self._request(
                 texts[r.start : r.stop], sum(token_counts[r.start : r.stop]), stats
             )
+            with self._lock:
+                answered.append(r)
             if progress:
                 progress(len(r))
 
-        if self.config.max_concurrency == 1 or len(batches) == 1:
-            for r in batches:
-                run(r)
-        else:
-            pool = ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="embed")
-            try:
-                for f in [pool.submit(run, r) for r in batches]:
-                    f.result()
-            finally:  # on the first failure, requests not yet started are cancelled, not sent
-                pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            if self.config.max_concurrency == 1 or len(batches) == 1:
+                for r in batches:
+                    run(r)
+            else:
+                pool = ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="embed")
+                try:
+                    for f in [pool.submit(run, r) for r in batches]:
+                        f.result()
+                finally:  # on the first failure, requests not yet started are cancelled, not sent
+                    pool.shutdown(wait=True, cancel_futures=True)
+        except Exception as e:
+            # The requests answered before (or beside) the failing one were billed: the caller keeps their vectors.
+            indexes = sorted(i for r in answered for i in r)
+            self._finish(stats, [token_counts[i] for i in indexes], started)
+            attach_answered(e, Answered(indexes, stats))
+            raise
+        return self._finish(stats, token_counts, started)
+
+    @staticmethod
+    def _finish(stats: EmbedResult, billed_counts: list[int], started: float) -> EmbedResult:
         if stats.tokens == 0:
-            stats.tokens = sum(token_counts)  # the endpoint reported no usage: fall back to our exact count
+            stats.tokens = sum(billed_counts)  # the endpoint reported no usage: fall back to our exact count
         stats.seconds = time.perf_counter() - started
         return stats

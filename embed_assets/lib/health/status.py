@@ -12,6 +12,7 @@ import psycopg
 from embed_assets.lib.db.names import q
 from embed_assets.lib.health.backlog import Backlog
 from embed_assets.lib.sources.removal_guard import HeldRemoval
+from embed_assets.lib.vector_cache import billed_since
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class DbStatus:
     never_embedded: int
     chunks: int
     vectors: int
-    vectors_last_hour: int
+    vectors_last_hour: int  # inputs the provider embedded (billed) in the last hour: not copies, cache hits, adoptions
     last_embedded_at: datetime | None
     seconds_since_last_embedding: float | None
     stale_ids: list[str] = field(default_factory=list)
@@ -74,12 +75,12 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
     vec = conn.execute(
         q(
             conn,
-            """SELECT count(*), count(*) FILTER (WHERE embedded_at > now() - interval '1 hour'), max(embedded_at),
-                  extract(epoch FROM now() - max(embedded_at))
+            """SELECT count(*), max(embedded_at), extract(epoch FROM now() - max(embedded_at))
            FROM {s}.chunk_vectors WHERE model = %s""",
         ),
         (model,),
     ).fetchone()
+    last_hour = billed_since(conn, model, 1).inputs
     stale_ids = [
         r[0]
         for r in conn.execute(
@@ -108,9 +109,9 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
         row[3],
         chunks,
         vec[0],
+        last_hour,
         vec[1],
-        vec[2],
-        float(vec[3]) if vec[3] is not None else None,
+        float(vec[2]) if vec[2] is not None else None,
         stale_ids,
         unreadable,
     )
@@ -118,11 +119,13 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
 
 @dataclass(frozen=True)
 class Trend:
-    """The numbers the scheduled health evaluation records; each is the SQL below, reproducible by a user."""
+    """The numbers the scheduled health evaluation records; each is the SQL below, reproducible by a user. Work and
+    spend are what the provider billed (provider_usage, one row per answered call, failed writes included): a
+    vector copied, reused from the cache or adopted cost nothing and is not counted (lib/vector_cache.py)."""
 
     oldest_pending_minutes: float | None  # the longest a current transcript has waited for its vectors
-    vectors_last_hour: int
-    tokens_last_hour: int  # tokens of the chunks whose vectors were written in the last hour
+    vectors_last_hour: int  # inputs the provider embedded in the last hour
+    tokens_last_hour: int  # tokens the provider billed in the last hour
     tokens_last_24h: int
 
 
@@ -137,20 +140,8 @@ def trend(conn: psycopg.Connection, model: str) -> Trend:
         ),
         (model,),
     ).fetchone()[0]
-    row = conn.execute(
-        q(
-            conn,
-            """SELECT count(*) FILTER (WHERE v.embedded_at > now() - interval '1 hour'),
-                      coalesce(sum(c.token_count) FILTER (WHERE v.embedded_at > now() - interval '1 hour'), 0),
-                      coalesce(sum(c.token_count), 0)
-               FROM {s}.chunk_vectors v
-               JOIN {s}.chunks c ON c.recording_id = v.recording_id AND c.model = v.model
-                                AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash
-               WHERE v.model = %s AND v.embedded_at > now() - interval '24 hours'""",
-        ),
-        (model,),
-    ).fetchone()
-    return Trend(float(pending) if pending is not None else None, int(row[0]), int(row[1]), int(row[2]))
+    hour, day = billed_since(conn, model, 1), billed_since(conn, model, 24)
+    return Trend(float(pending) if pending is not None else None, hour.inputs, hour.tokens, day.tokens)
 
 
 def verdict(

@@ -98,14 +98,21 @@ def register(conn: psycopg.Connection, rows: Iterable[SourceRow]) -> RegistryCha
 
 
 def remove(conn: psycopg.Connection, ids: list[str]) -> int:
-    """Forget recordings gone from the source: their chunks, vectors, plans and errors go with them (one
-    transaction per batch; the tombstones tell the sensor to delete their partitions)."""
+    """Forget recordings gone from the source: their chunks, plans and errors go with them, their vectors into
+    the vector cache for a grace period (one transaction per batch; the tombstones tell the sensor to delete their
+    partitions)."""
+    from embed_assets.lib.vector_cache import keep_removed
+
     removed = 0
     for i in range(0, len(ids), 1000):
-        removed += conn.execute(
-            q(conn, "DELETE FROM {s}.recordings WHERE recording_id = ANY(%s) AND origin = %s"),
-            (ids[i : i + 1000], ORIGIN),
-        ).rowcount
+        part = ids[i : i + 1000]
+        with conn.transaction():
+            # Their vectors stay content-addressed for EMBED_VECTOR_CACHE_DAYS: a recording that returns (a source
+            # table reloaded, a row back in the query) with the same text costs nothing.
+            keep_removed(conn, part)
+            removed += conn.execute(
+                q(conn, "DELETE FROM {s}.recordings WHERE recording_id = ANY(%s) AND origin = %s"), (part, ORIGIN)
+            ).rowcount
     return removed
 
 
