@@ -16,6 +16,7 @@ import psycopg
 
 from embed_assets.lib.db.names import q
 from embed_assets.lib.sources.external import SourceRow
+from embed_assets.lib.vector_cache import keep_removed
 
 ORIGIN = "source"  # recordings.origin of the rows kept for EMBED_SOURCE (NULL: the project's own tables)
 
@@ -101,8 +102,6 @@ def remove(conn: psycopg.Connection, ids: list[str]) -> int:
     """Forget recordings gone from the source: their chunks, plans and errors go with them, their vectors into
     the vector cache for a grace period (one transaction per batch; the tombstones tell the sensor to delete their
     partitions)."""
-    from embed_assets.lib.vector_cache import keep_removed
-
     removed = 0
     for i in range(0, len(ids), 1000):
         part = ids[i : i + 1000]
