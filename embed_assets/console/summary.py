@@ -40,6 +40,7 @@ class Summary:
     unchanged: int = 0  # written off as done with no vector to write (all already in place)
     failed: dict[str, str] = field(default_factory=dict)  # recording -> its error, one line
     not_attempted: int = 0
+    removed: int = 0  # recordings gone from the source tables, whose partitions the session deleted: not work
     stop_reason: str = ""
     interrupted: bool = False
     chunks: int = 0  # chunks of the embedded and unchanged recordings
@@ -66,6 +67,7 @@ class Summary:
             ("recordings embedded", f"{self.embedded:,}"),
             ("recordings unchanged", f"{self.unchanged:,}"),
             ("recordings failed", f"{len(self.failed):,}"),
+            ("recordings removed", f"{self.removed:,}"),
         ]
         if self.not_attempted:
             rows.append(("recordings not attempted", f"{self.not_attempted:,}"))
