@@ -17,6 +17,7 @@ import termios
 import time
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -138,31 +139,32 @@ def test_summary_equals_the_database(conn: psycopg.Connection, fake_openai, dags
     assert "STEP_START" in again.stderr
 
 
-def test_a_failed_recording_is_listed_with_its_error_and_the_exit_code_is_1(
-    conn: psycopg.Connection, fake_openai, dagster_db: str, tmp_path: Path
+def test_a_recording_deleted_before_its_run_is_removed_and_its_run_mates_are_embedded(
+    conn: psycopg.Connection, fake_openai, dagster_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Issue 34: a recording found deleted at read time is "removed", not failed; it holds back nothing."""
     home = tmp_path / "dagster_home"
     assert cli("sample", "3", "--no-long-call", home=home, dagster_db=dagster_db).returncode == 0
     gone = tmp_path / "rec-gone.json"
     gone.write_text(json.dumps({"recording_id": "rec-gone", "segments": [{"speaker": "A", "text": "hello"}]}))
     assert cli("load", str(gone), home=home, dagster_db=dagster_db).returncode == 0
     delete_recording(conn, "rec-gone")  # its partition stays registered
-    ids = recording_ids(conn)
 
-    # Two runs: the first embeds two recordings; in the second, chunking rec-gone fails, so the run's
-    # embedding step never starts and its other recording is not embedded either.
+    # Two runs: the first embeds two recordings; in the second, rec-gone is found deleted when it is read (it is
+    # removed: no failure, no error row) and its run mate is chunked and embedded as usual.
     proc = cli("embed", "--per-run", "2", home=home, dagster_db=dagster_db)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_plain(proc)
     shown, db = summary_figures(proc.stdout), db_figures(conn)
-    assert number(shown["recordings embedded"]) == db["recordings embedded"] == 2
-    assert number(shown["recordings failed"]) == 2
+    assert number(shown["recordings embedded"]) == db["recordings embedded"] == 3
+    assert number(shown["recordings failed"]) == 0 == db["recording errors"]
+    assert number(shown["recordings removed"]) == 1
     assert number(shown["vectors written"]) == db["vectors written"]
-    failed = dict(re.findall(r"^failed (\S+): (.*)$", proc.stdout, re.MULTILINE))
-    assert set(failed) == {"rec-gone", ids[2]}
-    assert "is not in the source tables (deleted?)" in failed["rec-gone"]
-    assert failed[ids[2]].startswith("not embedded: its run failed (transcript_chunks: 1 of 2 recording(s) failed")
-    assert shown["runs"] == "2 (1 failed)"
+    assert not re.findall(r"^failed ", proc.stdout, re.MULTILINE)
+    assert shown["runs"] == "2 (0 failed)"
+    monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # its partition went, as the sensor's would
+        assert "rec-gone" not in instance.get_dynamic_partitions("recordings")
 
 
 def test_a_run_that_fails_without_naming_a_recording_stops_the_session(

@@ -48,6 +48,11 @@ def _fatal(message: str, **metadata: Any) -> dg.Failure:
 PROGRESS_EVERY_S = 5.0
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 @dataclass
 class Outcome:
     """What a step did with each of its recordings: a result per recording done, an error per recording that
@@ -100,7 +105,7 @@ def _run_each(
                 "retry with the small-batch preset (retry_failed_recordings does so automatically)"
             )
         except (TransientProviderError, SourceChangedError, DatabaseUnavailableError, psycopg.OperationalError) as e:
-            out.failed[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            out.failed[key] = f"{type(e).__name__}: {first_line(e)}"
             out.transient = True
         if key in out.failed:
             on_error(key, out.failed[key])
@@ -283,6 +288,12 @@ def chunk_embeddings(
         models = store.models(embedder.spec())
     except ConfigError as e:
         raise _fatal(str(e)) from None
+    except (DatabaseUnavailableError, psycopg.OperationalError) as e:  # a restart, say: as a recording's would be
+        if context.retry_number < config.step_retries:
+            delay = config.step_retry_delay_s * 2**context.retry_number
+            context.log.warning(f"the vector store is unreachable, retrying in {delay:.0f}s: {first_line(e)}")
+            raise dg.RetryRequested(max_retries=config.step_retries, seconds_to_wait=delay) from e
+        raise
     keys = context.partition_keys
     db = _Connection(store)
     runs: list[_ModelRun] = []
@@ -383,7 +394,12 @@ def _embed_model(
 ) -> None:
     spec = run.model.spec
     # Failed by transcript_chunks in this run (recorded there): failed here by name, never planned.
-    failed_upstream = passed_on(db.get(), context.run_id, spec.model_id, keys)
+    try:
+        failed_upstream = passed_on(db.get(), context.run_id, spec.model_id, keys)
+    except (psycopg.OperationalError, DatabaseUnavailableError) as e:  # as each recording would have met it
+        error = f"{type(e).__name__}: {first_line(e)}"
+        run.outcome = Outcome(failed=dict.fromkeys(keys, error), transient=True)
+        return
     todo = [k for k in keys if k not in failed_upstream]
     # Built when a recording first needs the provider (a ConfigError then fails the step as fatal).
     client = LazyEmbedder(
