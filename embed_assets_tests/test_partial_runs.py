@@ -12,8 +12,11 @@ import dagster as dg
 import psycopg
 import pytest
 
+from embed_assets.defs.alerts import latest_observation
+from embed_assets.defs.monitoring import pipeline_health
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.schedules import retry_failed_recordings
+from embed_assets.lib.health.messages import advice
 from embed_assets.lib.health.status import db_status
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets_tests.support.openai_server import FakeOpenAI, Fault
@@ -146,6 +149,11 @@ def test_a_range_run_with_one_recording_failing_on_its_own_marks_only_it_failed(
     status = db_status(conn, MODEL)
     assert status.embedded_current == 19
     assert retry_requests(instance) == failed  # only the bad one
+    # The health numbers and the alert's advice count the one failure (before: "20 recording(s) failed").
+    dg.materialize([pipeline_health], instance=instance, resources=RESOURCES)
+    observed = latest_observation(instance)
+    assert observed is not None and observed.failed == 1
+    assert "1 recording(s) failed and await the retry schedule" in " ".join(advice(observed))
     # The retry (its own run, the small-batch preset) embeds it: nothing is FAILED any more.
     fake_openai.fail_requests(set(), Fault(500))
     from embed_assets.definitions import defs
