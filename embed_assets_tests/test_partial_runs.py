@@ -187,3 +187,20 @@ def test_a_range_run_with_a_member_deleted_before_it_runs_materializes_the_other
     assert db_status(conn, MODEL).embedded_current == 18
     assert any(f"{keys[9]}: removed" in r.user_message for r in instance.all_logs(result.run_id))
     assert isinstance(retry_requests(instance), dg.SkipReason)
+
+
+def test_a_provider_4xx_mid_run_fails_the_step_at_once_and_keeps_what_was_written(
+    conn: psycopg.Connection, instance: dg.DagsterInstance, fake_openai: FakeOpenAI
+) -> None:
+    """A 400 is fatal (the step fails at once, no step retry), yet the recordings written before it are
+    MATERIALIZED; the one it failed and those never reached are FAILED."""
+    keys = load(conn, instance, 20)
+    fake_openai.fail_requests({3}, Fault(400, body={"error": {"message": "input rejected", "type": "invalid"}}))
+    result = run_range(instance, keys, {"embed_batch_size": 16})
+    assert not result.success
+    assert not any(e.event_type_value == "STEP_RESTARTED" for e in result.all_events)  # the 400 is not retried
+    written = {r[0] for r in conn.execute("SELECT recording_id FROM embed_assets.embedded_recordings").fetchall()}
+    by_status = statuses(instance, keys)
+    assert 0 < len(written) < 20
+    assert {k for k, s in by_status.items() if s == DONE} == written
+    assert {k for k, s in by_status.items() if s == FAILED} == set(keys) - written

@@ -71,24 +71,27 @@ def _run_each(
     *,
     on_error: Callable[[str, str], None],
     label: str | None = None,
+    into: Outcome | None = None,
 ) -> Outcome:
     """Run ``work`` per recording. Configuration/provider errors stop everything at once (fatal); any other
     error is this recording's own and the remaining recordings still run; a recording deleted from the source
     meanwhile is "removed": logged, no error recorded, no failure. The caller decides what the outcome makes of
-    the step (`_verdict`).
+    the step (`_verdict`). ``into``: the outcome to fill, which keeps what was done when a fatal error ends it.
 
     Progress goes to the run's log at most every PROGRESS_EVERY_S, on each failure or removal and at the end:
     every log line is an event row in Dagster's storage (~15 ms each, `make bench`), so a line per recording
     cost more than the work on short calls."""
-    out = Outcome()
+    out = into if into is not None else Outcome()
     prefix = f"[{label}] " if label else ""  # a shadow model's lines say which model they are about
     last_progress = time.monotonic()
     for n, key in enumerate(keys, 1):
         try:
             out.results[key] = work(key)
         except ConfigError as e:
+            out.failed[key] = str(e)
             raise _fatal(str(e), recording=key) from None
         except ProviderError as e:
+            out.failed[key] = str(e)
             on_error(key, str(e))
             raise _fatal(f"{key}: {e}", recording=key) from None
         except RecordingDeletedError as e:
@@ -309,7 +312,6 @@ def chunk_embeddings(
             except dg.Failure as e:  # fatal: configuration, a provider 4xx
                 failures.append((model.model_id, e))
                 continue
-            assert run.outcome is not None
             verdict = _verdict(
                 context,
                 run.outcome,
@@ -325,8 +327,8 @@ def chunk_embeddings(
     if failures:
         _report_partial(context, runs, retrying=all(isinstance(e, dg.RetryRequested) for _, e in failures))
         _raise_failures(failures, len(models))
-    results = [(r.model, list(r.outcome.results.values()), r.totals) for r in runs if r.outcome is not None]
-    removed = sorted({k for r in runs if r.outcome is not None for k in r.outcome.removed})
+    results = [(r.model, list(r.outcome.results.values()), r.totals) for r in runs]
+    removed = sorted({k for r in runs for k in r.outcome.removed})
     stats = [s for _, model_stats, _ in results for s in model_stats]
     provider = ProviderTotals()
     for _, _, totals in results:
@@ -376,11 +378,11 @@ def chunk_embeddings(
 
 @dataclass
 class _ModelRun:
-    """One model's share of a chunk_embeddings step: what happened per recording (None: it failed as a whole) and
-    what the provider was asked for (also when it failed: that was paid for)."""
+    """One model's share of a chunk_embeddings step: what happened per recording and what the provider was asked
+    for (also when it failed: that was paid for)."""
 
     model: Registered
-    outcome: Outcome | None = None
+    outcome: Outcome = field(default_factory=Outcome)  # filled as it goes: a fatal error keeps what was done
     totals: ProviderTotals = field(default_factory=ProviderTotals)
 
 
@@ -398,7 +400,7 @@ def _embed_model(
         failed_upstream = passed_on(db.get(), context.run_id, spec.model_id, keys)
     except (psycopg.OperationalError, DatabaseUnavailableError) as e:  # as each recording would have met it
         error = f"{type(e).__name__}: {first_line(e)}"
-        run.outcome = Outcome(failed=dict.fromkeys(keys, error), transient=True)
+        run.outcome.failed, run.outcome.transient = dict.fromkeys(keys, error), True
         return
     todo = [k for k in keys if k not in failed_upstream]
     # Built when a recording first needs the provider (a ConfigError then fails the step as fatal).
@@ -430,19 +432,19 @@ def _embed_model(
         log=context.log.info,
     )
     try:
-        outcome = _run_each(
+        run.outcome.failed.update({k: f"chunking failed: {v}" for k, v in failed_upstream.items()})
+        _run_each(
             context,
             todo,
             recordings,
             on_error=_recorder(context, db, [spec.model_id], "chunk_embeddings"),
             label=None if run.model.active else spec.model_id,
+            into=run.outcome,
         )
     finally:
         recordings.close()
         client.close()
         run.totals = recordings.totals
-    outcome.failed = {**{k: f"chunking failed: {v}" for k, v in failed_upstream.items()}, **outcome.failed}
-    run.outcome = outcome
 
 
 def _report_partial(context: dg.AssetExecutionContext, runs: Sequence[_ModelRun], *, retrying: bool) -> None:
@@ -472,9 +474,9 @@ def _report_partial(context: dg.AssetExecutionContext, runs: Sequence[_ModelRun]
             )
         )
     active = runs[0] if runs else None
-    if active is None or active.outcome is None:
-        return  # the active model failed as a whole: nothing of this step is current
-    failed = {k for r in runs if r.outcome is not None for k in r.outcome.failed}
+    if active is None:
+        return
+    failed = {k for r in runs for k in r.outcome.failed}
     if retrying:
         return  # the step is retried: the retry materializes them
     for key, stats in active.outcome.results.items():
