@@ -114,10 +114,9 @@ def _run_each(
             on_error(key, out.failed[key])
         now = time.monotonic()
         if key in out.failed or key in out.removed or n == len(keys) or now - last_progress >= PROGRESS_EVERY_S:
-            what = "failed" if key in out.failed else "removed" if key in out.removed else "done"
-            context.log.info(f"{prefix}{key}: {what} ({len(out.results)}/{len(keys)} done)")
-            if key in out.removed:
-                context.log.info(f"{prefix}{key}: removed, not a failure: {out.removed[key]}")
+            what = "failed" if key in out.failed else "removed, not a failure" if key in out.removed else "done"
+            why = f": {out.removed[key]}" if key in out.removed else ""
+            context.log.info(f"{prefix}{key}: {what} ({len(out.results)}/{len(keys)} done){why}")
             last_progress = now
     return out
 
