@@ -446,7 +446,7 @@ def embed(
             verbose=verbose,
             writers=writers,
         )
-    summary.removed = len(removed)
+    summary.removed += len(removed)
     print_summary(summary, out)
     if not summary.ok:
         raise typer.Exit(130 if summary.interrupted else 1)

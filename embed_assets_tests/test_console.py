@@ -17,6 +17,7 @@ import termios
 import time
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -139,7 +140,7 @@ def test_summary_equals_the_database(conn: psycopg.Connection, fake_openai, dags
 
 
 def test_a_recording_deleted_before_embed_is_removed_and_its_run_neighbour_is_embedded(
-    conn: psycopg.Connection, fake_openai, dagster_db: str, tmp_path: Path
+    conn: psycopg.Connection, fake_openai, dagster_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 34: `embed` applies the sensor's removals before it selects work, so a deleted recording is reported
     as removed, not failed, and the recording that would have shared its run is embedded (exit 0). A recording
@@ -161,6 +162,9 @@ def test_a_recording_deleted_before_embed_is_removed_and_its_run_neighbour_is_em
     assert "removed 1 recording(s) no longer in the source tables" in proc.stdout and "rec-gone" in proc.stdout
     assert not re.search(r"^failed ", proc.stdout, re.MULTILINE)
     assert shown["runs"] == "2 (0 failed)"
+    monkeypatch.setenv("EMBED_DAGSTER_DATABASE_URL", dagster_db)
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # its partition went, as the sensor's would
+        assert "rec-gone" not in instance.get_dynamic_partitions("recordings")
 
 
 def test_a_run_that_fails_without_naming_a_recording_stops_the_session(

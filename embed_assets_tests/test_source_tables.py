@@ -15,6 +15,7 @@ import pytest
 
 from embed_assets.definitions import defs
 from embed_assets.defs.monitoring import pipeline_health
+from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.defs.schedules import retry_failed_recordings
 from embed_assets.lib.health.status import db_status
@@ -27,6 +28,7 @@ RESOURCES = {"store": VectorStoreResource(), "embedder": EmbedderResource()}
 FAST = {"ops": {"chunk_embeddings": {"config": {"backoff_base_s": 0.01, "step_retry_delay_s": 0.1}}}}
 READER = "fathom_reader"
 MODEL = "text-embedding-3-small@384"
+FAILED = dg.AssetPartitionStatus.FAILED
 
 
 def turns(call: int, n: int = 14, changed: int | None = None) -> list[dict]:
@@ -188,7 +190,11 @@ def test_fathom_json_source_read_in_place(conn: psycopg.Connection, instance, us
     # The retry schedule leaves it alone: only a change of the row can help, and the sensor sees that.
     ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC), resources=RESOURCES)
     retried = retry_failed_recordings(ctx)
-    assert sorted(r.partition_key for r in retried) == ["1", "2", "3"]  # the run failed: its partitions did too
+    assert isinstance(retried, dg.SkipReason)  # and the three written are MATERIALIZED: nothing else to retry
+    statuses = instance.get_status_by_partition(
+        dg.AssetKey("chunk_embeddings"), ["1", "2", "3", "4"], recordings_partitions
+    )
+    assert statuses == {**dict.fromkeys(["1", "2", "3"], dg.AssetPartitionStatus.MATERIALIZED), "4": FAILED}
     # The empty turn 5 was skipped: no chunk starts or ends on it, and the citations keep the source's positions.
     bounds = conn.execute(
         "SELECT array_agg(first_seq) || array_agg(last_seq) FROM embed_assets.chunks WHERE recording_id = '1'"

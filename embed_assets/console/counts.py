@@ -47,3 +47,12 @@ class SessionCounts:
                 (self.model_id, self.started_at, ids),
             ).fetchall()
         )
+
+    def present(self, conn: psycopg.Connection, ids: list[str]) -> set[str]:
+        """Recordings of ``ids`` still in the recordings table (the others were deleted from the source: removed)."""
+        return {
+            r[0]
+            for r in conn.execute(
+                q(conn, "SELECT recording_id FROM {s}.recordings WHERE recording_id = ANY(%s)"), (ids,)
+            ).fetchall()
+        }

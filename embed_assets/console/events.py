@@ -24,7 +24,8 @@ STAGES = {"transcript_chunks": "chunking", "chunk_embeddings": "embedding"}
 
 @dataclass
 class ProviderUse:
-    """Summed from chunk_embeddings' materialization metadata: what the provider reported, per step."""
+    """Summed from chunk_embeddings' materialization metadata (a failed step's: its usage observation): what the
+    provider reported, per step."""
 
     requests: int = 0
     retries: int = 0
@@ -101,8 +102,17 @@ class RunEvents(logging.Handler):
         if event.event_type == dg.DagsterEventType.STEP_START:
             report.stage = STAGES.get(event.step_key or "", "checks")
             return True
+        if event.is_asset_observation:
+            observation = event.asset_observation_data.asset_observation
+            # A step that failed (or is retried) reports what it asked the provider for: paid for all the same.
+            if observation.asset_key == EMBEDDINGS and "provider_requests" in observation.metadata:
+                report.provider.add(ProviderUse.from_metadata(observation.metadata))
+                return True
+            return False
         if event.is_step_materialization:
             materialization = event.step_materialization_data.materialization
+            if "recording" in materialization.metadata:
+                return False  # one recording's own figures, before its step failed: the usage came as an observation
             # A many-partition step stores one materialization per partition, each with the step's totals.
             if event.step_key in report._steps_counted:
                 return False

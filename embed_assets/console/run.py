@@ -20,6 +20,8 @@ from embed_assets.lib.errors import EmbedAssetsError
 from embed_assets.lib.health.status import last_errors
 from embed_assets.lib.models import ModelSpec
 
+PARTITIONS = "recordings"  # defs/partitions.py (console/ does not import defs/)
+
 POLL_S = 1.0  # how often the live display counts the current run's finished recordings in the database
 MIN_POLL_S = 0.2
 # Progress bars that libraries draw inside a step (the local model's weight loading) would reach the console
@@ -184,7 +186,7 @@ def run_embed(
             report = session.events.begin()
             session.refresh()
             run_id = _execute(job, instance, ids, run_config, report)
-            written = _account(session, counts, conn, ids, run_id, report)
+            written = _account(instance, session, counts, conn, ids, run_id, report)
             left = sum(len(b) for b in blocks[i:])
             if report.interrupted:
                 summary.interrupted, summary.not_attempted = True, left
@@ -206,6 +208,7 @@ def run_embed(
 
 
 def _account(
+    instance: dg.DagsterInstance,
     session: _Session,
     counts: SessionCounts,
     conn: psycopg.Connection,
@@ -216,7 +219,11 @@ def _account(
     """Add a finished run's block to the summary (counted in the database) and show its line. Returns how
     many of its recordings were written."""
     done, vectors = counts.embedded(conn, ids), counts.vectors(conn, ids)
-    failed = _errors(conn, counts.model_id, [r for r in ids if r not in done], run_id, report)
+    missing = [r for r in ids if r not in done]
+    present = counts.present(conn, missing) if missing else set()
+    # Deleted from the source before or during the run: not work and not a failure (their rows went with them).
+    removed = [r for r in missing if r not in present]
+    failed = _errors(conn, counts.model_id, [r for r in missing if r in present], run_id, report)
     embedded = sum(1 for r in done if vectors.get(r))
     summary = session.summary
     with session.lock:
@@ -225,15 +232,23 @@ def _account(
         summary.chunks += sum(done.values())
         summary.vectors += sum(vectors.values())
         summary.failed.update(failed)
+        summary.removed += len(removed)
         summary.provider.add(report.provider)
         summary.runs += 1
         summary.failed_runs += 1 if report.failures or failed else 0
         session.block, session.block_done = [], {}
+    # Their partitions go as the sensor's would, now that the run naming them is over (never during it: a run's
+    # partition range cannot lose its ends).
+    partitions = set(instance.get_dynamic_partitions(PARTITIONS)) if removed else set()
+    for key in removed:
+        if key in partitions:
+            instance.delete_dynamic_partition(PARTITIONS, key)
     snapshot = session.snapshot()
     session.display.update(snapshot)
     session.display.line(
         f"run {session.run}/{session.runs}: {ids[0]} .. {ids[-1]} ({len(ids)}): {embedded} embedded, "
-        f"{len(done) - embedded} unchanged, {len(failed)} failed | {snapshot.done}/{snapshot.total} recordings, "
+        f"{len(done) - embedded} unchanged, {len(failed)} failed"
+        f"{f', {len(removed)} removed' if removed else ''} | {snapshot.done}/{snapshot.total} recordings, "
         f"{snapshot.figures()}"
     )
     return len(done)

@@ -3,6 +3,7 @@ committed on its own, so one bad recording never costs the others their work."""
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -24,10 +25,10 @@ from embed_assets.lib.models.registry import Registered
 from embed_assets.lib.pipeline import (
     ChunkStats,
     ChunkTarget,
-    EmbedStats,
     ProviderTotals,
     RecordingEmbedder,
     chunk_models,
+    passed_on,
 )
 from embed_assets.lib.settings import RECORDINGS_PER_RUN
 from embed_assets.lib.sources.external import ExternalSource
@@ -47,74 +48,104 @@ def _fatal(message: str, **metadata: Any) -> dg.Failure:
 PROGRESS_EVERY_S = 5.0
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+@dataclass
+class Outcome:
+    """What a step did with each of its recordings: a result per recording done, an error per recording that
+    failed, a reason per recording found deleted (not work, not a failure)."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)
+    transient: bool = False  # some failure may pass on a retry of the step
+
+
 def _run_each(
     context: dg.AssetExecutionContext,
     keys: Sequence[str],
     work: Callable[[str], Any],
     *,
-    step_retries: int,
-    retry_delay_s: float,
     on_error: Callable[[str, str], None],
-    passed_on: dict[str, str] | None = None,
     label: str | None = None,
-) -> list[Any]:
-    """Run ``work`` per recording. Configuration/provider errors stop everything at once; other errors are
-    collected so the remaining recordings still complete, then the step fails (or retries) naming each.
+    into: Outcome | None = None,
+) -> Outcome:
+    """Run ``work`` per recording. Configuration/provider errors stop everything at once (fatal); any other
+    error is this recording's own and the remaining recordings still run; a recording deleted from the source
+    meanwhile is "removed": logged, no error recorded, no failure. The caller decides what the outcome makes of
+    the step (`_verdict`). ``into``: the outcome to fill, which keeps what was done when a fatal error ends it.
 
-    Progress goes to the run's log at most every PROGRESS_EVERY_S, on each failure and at the end: every
-    log line is an event row in Dagster's storage (~15 ms each, `make bench`), so a line per recording
+    Progress goes to the run's log at most every PROGRESS_EVERY_S, on each failure or removal and at the end:
+    every log line is an event row in Dagster's storage (~15 ms each, `make bench`), so a line per recording
     cost more than the work on short calls."""
-    results, failed, transient = [], {}, False
+    out = into if into is not None else Outcome()
     prefix = f"[{label}] " if label else ""  # a shadow model's lines say which model they are about
     last_progress = time.monotonic()
     for n, key in enumerate(keys, 1):
         try:
-            results.append(work(key))
+            out.results[key] = work(key)
         except ConfigError as e:
+            out.failed[key] = str(e)
             raise _fatal(str(e), recording=key) from None
         except ProviderError as e:
+            out.failed[key] = str(e)
             on_error(key, str(e))
             raise _fatal(f"{key}: {e}", recording=key) from None
-        except (RecordingDeletedError, UnreadableSourceRow) as e:
-            if passed_on is not None and isinstance(e, UnreadableSourceRow):
-                # One unreadable source row must not hold back the other recordings of the run: it is recorded
-                # and the step goes on; the next step fails this recording by name (lib/store.plan_embeddings).
-                passed_on[key] = str(e)
-                on_error(key, str(e))
-                context.log.error(f"{key}: {e}")
-                continue
-            failed[key] = str(e)  # not retried: nothing to embed until the source row changes
+        except RecordingDeletedError as e:
+            # Gone from the source: not work and not a failure. Its rows went with it; its partition is deleted by
+            # the sensor or `embed-assets embed` (never inside a run, whose partition range may name it).
+            out.removed[key] = str(e)
+        except UnreadableSourceRow as e:
+            out.failed[key] = str(e)  # not retried: nothing to embed until the source row changes
         except psycopg.errors.QueryCanceled as e:
             # A statement timeout: retrying the same batch size would time out again. The small-batch
             # schedule is the lever (DESIGN.md), so fail this recording without step retries.
-            failed[key] = (
+            out.failed[key] = (
                 f"statement timeout while writing vectors ({str(e).strip().splitlines()[0]}); "
                 "retry with the small-batch preset (retry_failed_recordings does so automatically)"
             )
         except (TransientProviderError, SourceChangedError, DatabaseUnavailableError, psycopg.OperationalError) as e:
-            failed[key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            transient = True
-        if key in failed:
-            on_error(key, failed[key])
+            out.failed[key] = f"{type(e).__name__}: {first_line(e)}"
+            out.transient = True
+        if key in out.failed:
+            on_error(key, out.failed[key])
         now = time.monotonic()
-        if key in failed or n == len(keys) or now - last_progress >= PROGRESS_EVERY_S:
-            context.log.info(
-                f"{prefix}{key}: {'failed' if key in failed else 'done'} ({len(results)}/{len(keys)} done)"
-            )
+        if key in out.failed or key in out.removed or n == len(keys) or now - last_progress >= PROGRESS_EVERY_S:
+            what = "failed" if key in out.failed else "removed, not a failure" if key in out.removed else "done"
+            why = f": {out.removed[key]}" if key in out.removed else ""
+            context.log.info(f"{prefix}{key}: {what} ({len(out.results)}/{len(keys)} done){why}")
             last_progress = now
-    if failed:
-        summary = "; ".join(f"{k}: {v}" for k, v in failed.items())
-        if transient and context.retry_number < step_retries:
-            delay = retry_delay_s * 2**context.retry_number
-            context.log.warning(
-                f"{prefix}{len(failed)} recording(s) failed transiently, retrying in {delay:.0f}s: {summary}"
-            )
-            raise dg.RetryRequested(max_retries=step_retries, seconds_to_wait=delay)
-        raise _fatal(
-            f"{len(failed)} of {len(keys)} recording(s) failed: {summary}",
-            failed_recordings=dg.MetadataValue.json(failed),
+    return out
+
+
+def _verdict(
+    context: dg.AssetExecutionContext,
+    outcome: Outcome,
+    total: int,
+    *,
+    step_retries: int,
+    retry_delay_s: float,
+    label: str | None = None,
+) -> dg.Failure | dg.RetryRequested | None:
+    """What the step makes of its failed recordings: a retry of the step while some failure is transient and
+    retries remain, else a failure naming each (and only those), or nothing."""
+    if not outcome.failed:
+        return None
+    summary = "; ".join(f"{k}: {v}" for k, v in outcome.failed.items())
+    if outcome.transient and context.retry_number < step_retries:
+        delay = retry_delay_s * 2**context.retry_number
+        prefix = f"[{label}] " if label else ""
+        context.log.warning(
+            f"{prefix}{len(outcome.failed)} recording(s) failed transiently, retrying in {delay:.0f}s: {summary}"
         )
-    return results
+        return dg.RetryRequested(max_retries=step_retries, seconds_to_wait=delay)
+    return _fatal(
+        f"{len(outcome.failed)} of {total} recording(s) failed: {summary}",
+        failed_recordings=dg.MetadataValue.json(outcome.failed),
+    )
 
 
 class _Connection(Reconnecting):
@@ -163,20 +194,25 @@ def transcript_chunks(
     model_ids = [m.model_id for m in models]
     db = _Connection(store)
     source_db = _Connection(store, source)
-    unreadable: dict[str, str] = {}
     try:
-        per_key: list[list[ChunkStats]] = _run_each(
+        outcome = _run_each(
             context,
             context.partition_keys,
             lambda key: chunk_models(db.get(), key, targets, params[0], source, source_db.get),
-            step_retries=2,
-            retry_delay_s=5.0,
             on_error=_recorder(context, db, model_ids, "transcript_chunks"),
-            passed_on=unreadable,
         )
     finally:
         db.close()
         source_db.close()
+    verdict = _verdict(context, outcome, len(context.partition_keys), step_retries=2, retry_delay_s=5.0)
+    if isinstance(verdict, dg.RetryRequested):
+        raise verdict
+    # A recording that failed here (its error recorded above) must not hold back the run's others: the step
+    # succeeds and chunk_embeddings fails it by name (lib/pipeline.passed_on), so that only its partition is FAILED.
+    for key, error in outcome.failed.items():
+        context.log.error(f"{key}: {error} (passed on: chunk_embeddings fails this recording)")
+    per_key: list[list[ChunkStats]] = list(outcome.results.values())
+    unreadable = {k: v for k, v in outcome.failed.items() if v.startswith(UNREADABLE)}
     stats = [s for each in per_key for s in each if s.model == models[0].model_id]
     return dg.MaterializeResult(
         metadata={
@@ -203,6 +239,8 @@ def transcript_chunks(
             "source": source.describe() if source else "project tables (recordings, transcript_segments)",
             "unreadable_source_rows": len(unreadable),
             **({"unreadable": dg.MetadataValue.json(dict(list(unreadable.items())[:50]))} if unreadable else {}),
+            **({"failed_recordings": len(outcome.failed)} if outcome.failed else {}),
+            **({"removed_recordings": dg.MetadataValue.json(sorted(outcome.removed))} if outcome.removed else {}),
         }
     )
 
@@ -252,22 +290,44 @@ def chunk_embeddings(
         models = store.models(embedder.spec())
     except ConfigError as e:
         raise _fatal(str(e)) from None
+    except (DatabaseUnavailableError, psycopg.OperationalError) as e:  # a restart, say: as a recording's would be
+        if context.retry_number < config.step_retries:
+            delay = config.step_retry_delay_s * 2**context.retry_number
+            context.log.warning(f"the vector store is unreachable, retrying in {delay:.0f}s: {first_line(e)}")
+            raise dg.RetryRequested(max_retries=config.step_retries, seconds_to_wait=delay) from e
+        raise
     keys = context.partition_keys
     db = _Connection(store)
-    results: list[tuple[Registered, list[EmbedStats], ProviderTotals]] = []
+    runs: list[_ModelRun] = []
     failures: list[tuple[str, dg.Failure | dg.RetryRequested]] = []
     try:
         # The active model first: whatever a shadow model meets (a missing key, a provider outage), the vectors
         # that search serves are written before it. Each model's recordings fail or succeed on their own.
         for model in models:
+            run = _ModelRun(model)
+            runs.append(run)
             try:
-                results.append((model, *_embed_model(context, config, embedder, db, model, keys)))
-            except (dg.Failure, dg.RetryRequested) as e:
+                _embed_model(context, config, embedder, db, run, keys)
+            except dg.Failure as e:  # fatal: configuration, a provider 4xx
                 failures.append((model.model_id, e))
+                continue
+            verdict = _verdict(
+                context,
+                run.outcome,
+                len(keys),
+                step_retries=config.step_retries,
+                retry_delay_s=config.step_retry_delay_s,
+                label=None if model.active else model.model_id,
+            )
+            if verdict is not None:
+                failures.append((model.model_id, verdict))
     finally:
         db.close()
     if failures:
+        _report_partial(context, runs, retrying=all(isinstance(e, dg.RetryRequested) for _, e in failures))
         _raise_failures(failures, len(models))
+    results = [(r.model, list(r.outcome.results.values()), r.totals) for r in runs]
+    removed = sorted({k for r in runs for k in r.outcome.removed})
     stats = [s for _, model_stats, _ in results for s in model_stats]
     provider = ProviderTotals()
     for _, _, totals in results:
@@ -276,7 +336,8 @@ def chunk_embeddings(
     active = results[0][0]
     return dg.MaterializeResult(
         metadata={
-            "recordings": len(keys),
+            "recordings": len(keys) - len(removed),
+            **({"removed_recordings": dg.MetadataValue.json(removed)} if removed else {}),
             "chunks": sum(s.chunks for s in results[0][1]),
             "embedded": sum(s.embedded for s in stats),
             "cache_hits": sum(s.cache_hits for s in stats),
@@ -314,15 +375,33 @@ def chunk_embeddings(
     )
 
 
+@dataclass
+class _ModelRun:
+    """One model's share of a chunk_embeddings step: what happened per recording and what the provider was asked
+    for (also when it failed: that was paid for)."""
+
+    model: Registered
+    outcome: Outcome = field(default_factory=Outcome)  # filled as it goes: a fatal error keeps what was done
+    totals: ProviderTotals = field(default_factory=ProviderTotals)
+
+
 def _embed_model(
     context: dg.AssetExecutionContext,
     config: EmbedConfig,
     embedder: EmbedderResource,
     db: _Connection,
-    model: Registered,
+    run: _ModelRun,
     keys: Sequence[str],
-) -> tuple[list[EmbedStats], ProviderTotals]:
-    spec = model.spec
+) -> None:
+    spec = run.model.spec
+    # Failed by transcript_chunks in this run (recorded there): failed here by name, never planned.
+    try:
+        failed_upstream = passed_on(db.get(), context.run_id, spec.model_id, keys)
+    except (psycopg.OperationalError, DatabaseUnavailableError) as e:  # as each recording would have met it
+        error = f"{type(e).__name__}: {first_line(e)}"
+        run.outcome.failed, run.outcome.transient = dict.fromkeys(keys, error), True
+        return
+    todo = [k for k in keys if k not in failed_upstream]
     # Built when a recording first needs the provider (a ConfigError then fails the step as fatal).
     client = LazyEmbedder(
         spec,
@@ -340,7 +419,7 @@ def _embed_model(
     recordings = RecordingEmbedder(
         db.get,
         client,
-        keys,
+        todo,
         window_inputs=config.embed_batch_size * config.max_concurrency,
         first_window_inputs=config.embed_batch_size,
         insert_batch_size=config.insert_batch_size,
@@ -353,14 +432,14 @@ def _embed_model(
         run_id=context.run_id,
     )
     try:
-        stats: list[EmbedStats] = _run_each(
+        run.outcome.failed.update({k: f"chunking failed: {v}" for k, v in failed_upstream.items()})
+        _run_each(
             context,
-            keys,
+            todo,
             recordings,
-            step_retries=config.step_retries,
-            retry_delay_s=config.step_retry_delay_s,
             on_error=_recorder(context, db, [spec.model_id], "chunk_embeddings"),
-            label=None if model.active else spec.model_id,
+            label=None if run.model.active else spec.model_id,
+            into=run.outcome,
         )
     except (dg.Failure, dg.RetryRequested) as e:
         # What the provider answered was billed, whatever failed after it (lib/vector_cache.py keeps the vectors).
@@ -372,7 +451,62 @@ def _embed_model(
     finally:
         recordings.close()
         client.close()
-    return stats, recordings.totals
+        run.totals = recordings.totals
+
+
+def _report_partial(context: dg.AssetExecutionContext, runs: Sequence[_ModelRun], *, retrying: bool) -> None:
+    """Before the step fails: what the provider was asked for (an observation carrying the step's totals, so the
+    usage of a failed step is counted, by `embed-assets embed` too), and, on its last attempt, a materialization
+    of each recording whose vectors were written, with its own figures. Dagster then marks only the recordings
+    the failure names FAILED (a partition is FAILED when its planned materialization has none after it and the
+    run failed: dagster/_core/storage/partition_status_cache.py). One event per written recording, as the
+    all-good path's MaterializeResult writes; no per-partition metadata API (it validates every key against the
+    dynamic partitions, O(partitions): issue 17)."""
+    provider = ProviderTotals()
+    for r in runs:
+        provider.merge(r.totals)
+    if provider.requests:
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                description="provider usage of a step that failed or is retried (paid for all the same)",
+                metadata={
+                    "provider_requests": provider.requests,
+                    "provider_retries": provider.retries,
+                    "tokens": provider.tokens,
+                    "embedded": provider.inputs,
+                    "estimated_cost_usd": round(sum(r.totals.cost_usd(r.model.spec) for r in runs), 6),
+                    "attempt": context.retry_number + 1,
+                },
+            )
+        )
+    active = runs[0] if runs else None
+    if active is None:
+        return
+    failed = {k for r in runs for k in r.outcome.failed}
+    if retrying:
+        return  # the step is retried: the retry materializes them
+    for key, stats in active.outcome.results.items():
+        if key in failed:
+            continue
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=key,
+                description="written; other recordings of the run failed",
+                metadata={
+                    "recording": key,
+                    "chunks": stats.chunks,
+                    "embedded": stats.embedded,
+                    "cache_hits": stats.cache_hits,
+                    "tokens": stats.tokens,
+                    "vectors_written": stats.vectors_written,
+                    "vectors_deleted": stats.vectors_deleted,
+                    "write_seconds": round(stats.write_seconds, 3),
+                    "model": active.model.model_id,
+                },
+            )
+        )
 
 
 def _raise_failures(failures: list[tuple[str, dg.Failure | dg.RetryRequested]], registered: int) -> None:

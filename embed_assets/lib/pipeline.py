@@ -19,7 +19,14 @@ from embed_assets.lib.embedders.base import Embedder, EmbedResult, answered_befo
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.models import ModelSpec
 from embed_assets.lib.sources.external import ExternalSource
-from embed_assets.lib.sources.registry import ORIGIN, clear_unreadable, origin_of, register, set_segments_read
+from embed_assets.lib.sources.registry import (
+    ORIGIN,
+    clear_unreadable,
+    origin_of,
+    register,
+    remove,
+    set_segments_read,
+)
 from embed_assets.lib.sources.tables import read_recording
 from embed_assets.lib.store import (
     BatchSizer,
@@ -91,9 +98,12 @@ def chunk_models(
     if source is not None and source_conn is not None and origin_of(conn, recording_id) == ORIGIN:
         fetched = source.fetch(source_conn(), recording_id)
         if fetched is None:
+            # Gone from the source: forget it now (its chunks, vectors and errors go with its registry row, and the
+            # tombstone tells the sensor to delete its partition), as the sensor's next pass would.
+            remove(conn, [recording_id])
             raise RecordingDeletedError(
-                f"recording {recording_id!r} is not in source {source.definition.name} (deleted?); the sensor "
-                "removes its partition and vectors"
+                f"recording {recording_id!r} is no longer in source {source.definition.name}: its chunks and "
+                "vectors went with it; the sensor (or `embed-assets embed`) deletes its partition"
             )
         register(conn, [fetched.meta])  # the source may have changed since the sensor saw it
     out: list[ChunkStats] = []
@@ -142,6 +152,22 @@ def chunk_models(
     if out:
         out[0].seconds += time.perf_counter() - started - sum(s.seconds for s in out)
     return out
+
+
+def passed_on(conn: psycopg.Connection, run_id: str, model_id: str, keys: Sequence[str]) -> dict[str, str]:
+    """Recordings of ``keys`` that transcript_chunks failed in run ``run_id`` (it records the error and lets the
+    run go on, so one bad recording never holds back the others): recording -> its error. chunk_embeddings
+    fails these by name without planning them (their chunks, if any, are not of the current transcript)."""
+    return dict(
+        conn.execute(
+            q(
+                conn,
+                """SELECT recording_id, error FROM {s}.recording_errors
+                   WHERE run_id = %s AND model = %s AND asset = 'transcript_chunks' AND recording_id = ANY(%s)""",
+            ),
+            (run_id, model_id, list(keys)),
+        ).fetchall()
+    )
 
 
 def _transcript(
