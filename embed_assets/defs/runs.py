@@ -62,3 +62,15 @@ def last_cancelled(
         for k in covered(record.dagster_run, order, keys):
             out.setdefault(k, record)
     return out
+
+
+def range_bounds(instance: dg.DagsterInstance) -> set[str]:
+    """The first and last partitions of every queued or running range run. Dagster resolves a range run's
+    partitions when the run starts: a bound deleted before then fails the whole run before any step, its other
+    recordings included (issue 34), so the sensor deletes such a partition only once no unfinished run names it."""
+    bounds: set[str] = set()
+    for record in runs_of(instance, UNFINISHED):
+        tags = record.dagster_run.tags
+        if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+            bounds |= {tags[RANGE_START_TAG], tags[RANGE_END_TAG]}
+    return bounds

@@ -10,7 +10,14 @@ from embed_assets.defs.health import SOURCE_HASH_TAG, TRIGGER_TAG
 from embed_assets.defs.jobs import embed_recordings
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
-from embed_assets.defs.runs import CANCEL_WINDOW, RANGE_END_TAG, RANGE_START_TAG, in_flight, last_cancelled
+from embed_assets.defs.runs import (
+    CANCEL_WINDOW,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    in_flight,
+    last_cancelled,
+    range_bounds,
+)
 from embed_assets.lib.settings import RECORDINGS_PER_RUN, automation_settings
 from embed_assets.lib.sources.discovery import (
     all_recording_ids,
@@ -19,6 +26,7 @@ from embed_assets.lib.sources.discovery import (
     deletions_since,
     model_generations,
     pending_before,
+    present_ids,
 )
 from embed_assets.lib.sources.removal_guard import guard
 from embed_assets.lib.sources.sync import removal_bound, sync_source
@@ -108,6 +116,9 @@ def new_recordings_sensor(
         now = db_now(conn)
         rows = changes_since(conn, after, now - timedelta(seconds=settings.settle_s), settings.scan_limit)
         deleted, tombstone = deletions_since(conn, int(cursor.get("del", 0)), 100_000)
+        # Deletions held back on an earlier tick (below) whose recording is still gone.
+        waited = [k for k in cursor.get("held_deletes", []) if k in known]
+        waited = sorted(set(waited) - present_ids(conn, waited)) if waited else []
         reconcile = now.timestamp() - float(cursor.get("reconciled", 0)) >= settings.reconcile_every_s
         source_ids = all_recording_ids(conn) if reconcile else None
         if source_ids is not None:  # partitions whose recording is gone without a tombstone: the removal guard's
@@ -152,10 +163,14 @@ def new_recordings_sensor(
     # Sets for every membership test: a source re-keyed (100,000 tombstones against as many adds) must stay well
     # inside Dagster's sensor timeout, or the cursor never advances and every tick repeats the work.
     adds = list(dict.fromkeys(r.recording_id for r in rows if r.recording_id not in known))
-    deletes = {k for k in deleted if k in known}
+    deletes = {k for k in deleted if k in known} | set(waited)
     if source_ids is not None:
         adds += sorted(source_ids - known - set(adds))
         deletes |= known - source_ids
+    # A partition that bounds a queued or running range run is deleted once no such run names it (defs/runs.py
+    # range_bounds): deleted now, it would fail that run, the others of its range included.
+    held_deletes = sorted(deletes & range_bounds(context.instance)) if deletes else []
+    deletes -= set(held_deletes)
     new_adds = [a for a in adds if a not in deletes]
     # The partitions' order once this tick's adds are applied (the daemon adds them before it launches runs).
     order = {key: i for i, key in enumerate(known_in_order + new_adds)}
@@ -202,12 +217,14 @@ def new_recordings_sensor(
     new_cursor = {
         **cursor,
         "del": tombstone,
+        "held_deletes": held_deletes,
         **({"ts": position[0].isoformat(), "id": position[1]} if position else {}),
         **({"reconciled": now.timestamp()} if reconcile else {}),
     }
     context.log.info(
         f"{len(rows)} new/changed row(s) scanned, {len(new_adds)} partition(s) added, {len(deletes)} deleted, "
         f"{len(run_requests)} run(s) requested"
+        + (f"; {len(held_deletes)} deletion(s) wait for the range run that names them" if held_deletes else "")
     )
     return dg.SensorResult(
         run_requests=run_requests, dynamic_partitions_requests=partition_requests, cursor=json.dumps(new_cursor)

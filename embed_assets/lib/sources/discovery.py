@@ -126,6 +126,12 @@ def all_recording_ids(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings"))}
 
 
+def present_ids(conn: psycopg.Connection, ids: list[str]) -> set[str]:
+    """Which of ``ids`` have a row in `recordings`."""
+    rows = conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings WHERE recording_id = ANY(%s)"), (ids,))
+    return {r[0] for r in rows}
+
+
 def embedded_ids(conn: psycopg.Connection, model_id: str) -> set[str]:
     """Recordings whose vectors for ``model_id`` were computed from their current transcript."""
     return {
