@@ -340,7 +340,8 @@ def db_stop() -> None:
 def _sync_source() -> None:
     """With EMBED_SOURCE, read the source now (as a sensor tick with a full reconcile would): new and changed
     recordings reach the registry and get partitions; the source's removals leave the registry (their chunks and
-    vectors go with their rows) and leave their partitions to `_apply_removals`."""
+    vectors go with their rows) and leave their partitions to `_apply_removals`. Without it, stored rows of the
+    project's tables that have no partition get one."""
     from embed_assets.defs.resources import VectorStoreResource
     from embed_assets.lib.settings import automation_settings
     from embed_assets.lib.sources.discovery import all_recording_ids
@@ -348,6 +349,12 @@ def _sync_source() -> None:
 
     source = VectorStoreResource().source()
     if source is None:
+        # The project's own tables: rows stored without a partition (`load --no-register`, a load killed between
+        # its writes and their registration) are registered, as the sensor registers them.
+        with _connect_migrated() as conn:
+            ids = all_recording_ids(conn)
+        if added := register_partitions(sorted(ids)):
+            out.print(f"registered {added} stored recording(s) that had no partition yet", highlight=False)
         return
     settings = automation_settings()
     with source.connect() as source_conn, _connect_migrated() as conn:

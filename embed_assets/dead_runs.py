@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -104,13 +104,30 @@ def fail_dead_run(instance: dg.DagsterInstance, run: dg.DagsterRun, worker: Work
 class Reclaimed:
     ended: list[Worker]
     left_alone: list[Worker]  # STARTED runs that may be alive somewhere we cannot see
+    freed: list[str] = field(default_factory=list)  # runs that had ended (or were deleted) still holding slots
+
+
+def free_ended_holders(instance: dg.DagsterInstance) -> list[str]:
+    """Free the pool slots still held by runs that have ended (or no longer exist): a worker that lost its
+    database at the end, or a run failed by the daemon's run monitoring that stopped before it freed the slots
+    (free_slots_after_run_end_seconds later). Nobody else gives such a slot back without a daemon. Returns
+    those runs' ids."""
+    run_ids = list(instance.event_log_storage.get_concurrency_run_ids())
+    if not run_ids:
+        return []
+    live = {r.run_id for r in instance.get_runs(dg.RunsFilter(run_ids=run_ids)) if r.status not in FINISHED_STATUSES}
+    ended = [run_id for run_id in run_ids if run_id not in live]
+    for run_id in ended:
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return ended
 
 
 def reclaim_dead_runs(
     instance: dg.DagsterInstance, job_name: str | None = None, say: Callable[[str], None] | None = None
 ) -> Reclaimed:
     """End ``job_name``'s STARTED runs whose worker is gone on this host, freeing their slots; name, and leave
-    alone, those that may be alive on another host. ``say`` gets one line per run touched or left alone."""
+    alone, those that may be alive on another host; free the slots that runs of any job still hold after they
+    ended. ``say`` gets one line per run touched or left alone."""
     out = Reclaimed([], [])
     for run in started_runs(instance, job_name):
         worker = worker_of(run)
@@ -125,6 +142,10 @@ def reclaim_dead_runs(
             if say:
                 say(f"run {run.run_id[:8]} is STARTED ({worker.describe()}); if it is dead, end it on its page in "
                     "the UI: Terminate, then Free concurrency slots")  # fmt: skip
+    out.freed = free_ended_holders(instance)
+    for run_id in out.freed:
+        if say:
+            say(f"run {run_id[:8]} had ended but still held pool slots: freed")
     return out
 
 

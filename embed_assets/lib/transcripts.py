@@ -37,7 +37,9 @@ MAX_STARTED_AT = datetime(2200, 1, 1, tzinfo=UTC)
 SUFFIXES = (".json", ".jsonl", ".vtt", ".srt")
 # Substrings Dagster partition keys cannot hold, plus the characters its CLI and multi-partitions reserve.
 _FORBIDDEN_ID_PARTS = ("...", ",", "|", "[", "]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters, and lone surrogates: a JSON "\ud800" escape decodes to one, which no UTF-8 text (Postgres,
+# the content hash) can hold.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 MAX_LISTED_TURNS = 20  # turn numbers named in a "skipped" warning; the count is always complete
 # Annotation markers transcribers write in place of (or around) speech: {vocalsound}, {disfmarker}, [Laughter.],
 # <noise>, (inaudible), music notes. Parentheses count only around a single word: "(I think so)" is often a
@@ -175,7 +177,8 @@ def parse_started_at(value: Any) -> datetime:
 
 
 def clean_text(text: str) -> tuple[str, int]:
-    """Strip control characters (NUL included) except tab/newline; normalise to NFC. Returns (text, removed)."""
+    """Strip control characters (NUL included) except tab/newline, and lone surrogates; normalise to NFC. Returns
+    (text, removed)."""
     cleaned, removed = _CONTROL.subn("", text.replace("\r\n", "\n").replace("\r", "\n"))
     return unicodedata.normalize("NFC", cleaned), removed
 

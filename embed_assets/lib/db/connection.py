@@ -97,10 +97,15 @@ def libpq_url(url: str, setting: str = "EMBED_DATABASE_URL") -> str:
         ) from None
 
 
+_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password hidden: safe for logs, metadata and status output."""
+    """The URL with its password hidden (libpq also takes one as a ``password`` or ``sslpassword`` query
+    parameter): safe for logs, metadata and status output."""
     try:
-        return make_url(libpq_url(url)).render_as_string(hide_password=True)
+        shown = make_url(libpq_url(url)).render_as_string(hide_password=True)
+        return _QUERY_SECRET.sub(r"\1***", shown)
     except Exception:  # an unparsable URL is still a secret-bearing string: show nothing of it
         return "<unparsable database URL>"
 

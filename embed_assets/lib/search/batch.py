@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 
 from embed_assets.lib.errors import InputError
-from embed_assets.lib.search.query import Mode, query_problem, search
+from embed_assets.lib.search.query import Mode, query_problem, recording_filter_problem, search
 from embed_assets.lib.transcripts import json_lines
 
 EMBED_AT_ONCE = 64
@@ -51,8 +51,8 @@ def parse_queries(lines: Iterable[str], where: str, default_k: int) -> list[Batc
         if (problem := query_problem(obj["query"])) is not None:
             raise InputError(f"{where}:{n}: {problem}")
         rid, k = obj.get("recording_id"), obj.get("k", default_k)
-        if rid is not None and not isinstance(rid, str):
-            raise InputError(f'{where}:{n}: "recording_id" must be a string')
+        if rid is not None and (problem := recording_filter_problem(rid)) is not None:
+            raise InputError(f'{where}:{n}: "recording_id": {problem}')
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise InputError(f'{where}:{n}: "k" must be a whole number from 1 to 1000')
         out.append(BatchQuery(n, obj["query"], rid, k))

@@ -3,6 +3,7 @@ the CLI, the evaluation and an application's RPC rank exactly alike."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -34,14 +35,25 @@ def query_problem(text: object) -> str | None:
         return (
             f"the query is {len(text):,} characters; the limit is {MAX_QUERY_CHARS:,} (ask a question, not a document)"
         )
+    return _unsendable(text, "the query")
+
+
+def _unsendable(text: str, what: str) -> str | None:
+    """What keeps ``text`` from reaching Postgres (a lone surrogate, a NUL), named with its position."""
     for pos, ch in enumerate(text, 1):
         if 0xD800 <= ord(ch) <= 0xDFFF:
-            return (
-                f"the query is not valid UTF-8 (an undecodable byte or lone surrogate at position {pos}); re-encode it"
-            )
+            return f"{what} is not valid UTF-8 (an undecodable byte or lone surrogate at position {pos}); re-encode it"
         if ch == "\x00":
-            return f"the query holds a NUL character at position {pos}; remove it"
+            return f"{what} holds a NUL character at position {pos}; remove it"
     return None
+
+
+def recording_filter_problem(value: object) -> str | None:
+    """What makes ``value`` unusable as a search's recording filter (None when it is fine): it is sent to
+    Postgres as text, so a NUL or a lone surrogate (an undecodable argv byte) is refused, not raised."""
+    if not isinstance(value, str):
+        return f"a recording id must be a string, got {type(value).__name__}"
+    return _unsendable(value, "the recording id")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,10 @@ def search(
         raise ConfigError(f"search mode {mode!r} is not known; use one of {', '.join(MODES)}")
     if query_text is not None and (problem := query_problem(query_text)) is not None:
         raise InputError(problem)
+    if recording_id is not None:
+        if (problem := recording_filter_problem(recording_id)) is not None:
+            raise InputError(problem)
+        recording_id = unicodedata.normalize("NFC", recording_id)  # ids are stored in NFC (lib/transcripts.py)
     register_vector_types(conn)
     vec = None if mode == "text" or query_vector is None else query_vector.astype(np.float32)
     text = None if mode == "vector" else query_text
