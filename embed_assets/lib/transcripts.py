@@ -160,17 +160,18 @@ def normalize_recording_id(value: Any) -> Any:
 def parse_started_at(value: Any) -> datetime:
     """An ISO 8601 time a recording can carry, or ValueError naming the problem and the fix. A time without an
     offset is read as UTC."""
+    shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:60]}..."
     try:
         at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f'"started_at" {value!r} is not an ISO 8601 time; use e.g. "2026-01-09T16:00:00Z"') from None
+        raise ValueError(f'"started_at" {shown} is not an ISO 8601 time; use e.g. "2026-01-09T16:00:00Z"') from None
     try:
         utc = at.astimezone(UTC) if at.tzinfo is not None else at.replace(tzinfo=UTC)
     except OverflowError:
         utc = None
     if utc is None or not MIN_STARTED_AT <= utc < MAX_STARTED_AT:
         raise ValueError(
-            f'"started_at" {value!r} is outside {MIN_STARTED_AT.year}-{MAX_STARTED_AT.year - 1} (UTC); '
+            f'"started_at" {shown} is outside {MIN_STARTED_AT.year}-{MAX_STARTED_AT.year - 1} (UTC); '
             "give the call's real start time, or leave started_at out"
         )
     return at
