@@ -5,14 +5,30 @@ which counts every text it is asked to embed (what a provider would bill)."""
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterator
 
+import dagster as dg
 import psycopg
 import pytest
 
 from embed_assets.lib.pipeline import chunk_recording, embed_recording
 from embed_assets.lib.sources.tables import upsert_transcript
+from embed_assets.lib.store import record_error
+from embed_assets_tests.test_run_keys import add_run, evaluate, rec, tick
 from embed_assets_tests.test_store import PARAMS, SPEC, HashEmbedder, run, transcript
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
 
 
 def test_a_transcript_edited_a_b_a_does_not_buy_the_chunks_of_a_twice(conn: psycopg.Connection) -> None:
@@ -96,3 +112,27 @@ def test_a_transcript_corrected_while_its_first_run_is_buying_is_not_bought_twic
     bought = sum(first_emb.calls) + sum(second_emb.calls)
     chunks = conn.execute("SELECT count(*) FROM embed_assets.chunks WHERE recording_id = 'r1'").fetchone()[0]
     assert bought <= chunks + 1, f"{bought} texts bought for {chunks} chunks (one of which changed)"
+
+
+def test_a_recording_that_failed_inside_a_run_an_operator_then_cancelled_is_picked_up_again(
+    conn: psycopg.Connection, instance: dg.DagsterInstance, settle: None
+) -> None:
+    """A range run of the sensor's: one recording times out (`_recorder` keeps its error, the step goes on with the
+    others), and the operator cancels the slow run. The partition is CANCELED, not FAILED, so the retry schedule
+    does not retry it; the resume skips it as failed ("the retries' business"), the sensor and its hourly pass skip
+    it as failed too. Nothing ever embeds it again."""
+    upsert_transcript(conn, rec("r1", "text"))
+    first = tick(instance, None)
+    (run,) = [
+        add_run(instance, {**r.tags, "dagster/partition": "r1"}, dg.DagsterRunStatus.STARTED)
+        for r in first.run_requests
+    ]
+    (model,) = [m[0] for m in conn.execute("SELECT model FROM embed_assets.models")]
+    record_error(conn, "r1", model, "chunk_embeddings", "statement timeout while writing vectors", run.run_id)
+    instance.report_run_canceled(run)  # the operator cancels the run
+
+    requests = evaluate(instance)  # the retry schedule's next tick
+    late = tick(instance, json.dumps({**json.loads(first.cursor), "reconciled": 0}))  # and the sensor's hourly pass
+    picked = [] if isinstance(requests, dg.SkipReason) else [r.partition_key for r in requests]
+    picked += [r.partition_key for r in late.run_requests]
+    assert picked == ["r1"], "a recording failed in a cancelled run is never launched again"
