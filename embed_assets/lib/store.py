@@ -336,17 +336,16 @@ def write_vectors(
                                      WHERE c.recording_id = v.recording_id AND c.model = v.model
                                        AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash)
                    RETURNING v.chunk_index)
-               SELECT v.chunk_index, v.content_hash, g.chunk_index IS NULL, g.chunk_index IS NOT NULL AND NOT EXISTS
-                          (SELECT 1 FROM {s}.vector_cache c WHERE c.model = v.model AND c.content_hash = v.content_hash
-                           AND c.expires_at IS NULL), CASE WHEN g.chunk_index IS NOT NULL THEN v.embedding END
+               SELECT v.chunk_index, v.content_hash, g.chunk_index IS NULL,
+                      CASE WHEN g.chunk_index IS NOT NULL THEN v.embedding END
                FROM {s}.chunk_vectors v LEFT JOIN gone g ON g.chunk_index = v.chunk_index
                WHERE v.recording_id = %(r)s AND v.model = %(m)s""",
             ),
             {"r": plan.recording_id, "m": plan.model_id},
         ).fetchall()
-        have = {i: h for i, h, stays, _, _ in kept if stays}
+        have = {i: h for i, h, stays, _ in kept if stays}
         # The vectors of chunks edited away were paid for: kept (after the commit) so a revert costs nothing.
-        replaced = {h: as_array(e) for _, h, _, keep, e in kept if keep}
+        replaced = {h: as_array(e) for _, h, stays, e in kept if not stays}
         deleted = len(kept) - len(have)
         items = sorted((i, r) for i, r in rows.items() if have.get(i) != r[0])
         statements, start, smallest = 0, 0, max(1, insert_batch_size)

@@ -11,7 +11,8 @@ copied, reused or adopted.
 Bounded growth: a bought row (``expires_at`` set) goes once a write that uses it has committed (the vector then
 lives in ``chunk_vectors``, which plans also search); one no write used (a recording that never succeeds, a
 text edited away meanwhile) goes after EMBED_VECTOR_CACHE_DAYS. The vectors of a removed recording are kept the
-same way (``keep_removed``), so a recording that returns within the grace period costs nothing. Adopted rows
+same way (``keep_removed``), and so are those of chunks an edit replaced (``keep_replaced``), so a recording
+that returns, or an edit that is reverted, within the grace period costs nothing. Adopted rows
 (``embed-assets adopt``, no ``expires_at``) stay until their model is dropped.
 """
 
