@@ -64,7 +64,10 @@ def retry_failed_recordings(context: dg.ScheduleEvaluationContext, store: Vector
         state = failure_state(
             instance, keys, hashes, settings.small_batch_attempts, lambda failed: incident_starts(conn, failed)
         )
-    resumes = resume_requests(instance, keys, cancelled, current, set(state.all_failed), settings.max_runs_per_tick)
+    # Not those Dagster calls FAILED (the retries' business), nor unreadable rows (only their change helps).
+    resumes = resume_requests(
+        instance, keys, cancelled, current, set(state.all_failed) | unreadable, settings.max_runs_per_tick
+    )
     requests = list(resumes)
     for key in state.failed:
         if key in state.in_flight or key in unreadable:
@@ -103,11 +106,12 @@ def resume_requests(
     most: int,
 ) -> list[dg.RunRequest]:
     """Runs (at most ``most``, consecutive partitions sharing one as the sensor's do) for the recordings whose
-    newest cancelled run the sensor launched and that are still pending: not embedded, not failed (the retries'
-    business), no run of theirs queued or running. A cancelled run of these is tagged RESUME_TRIGGER, so a
-    second cancel is respected (the newest cancelled run is then not the sensor's)."""
-    waiting = [k for k in cancelled if k in current and current[k].pending and not current[k].failed]
-    waiting = [k for k in waiting if k not in failed]
+    newest cancelled run the sensor launched and that are still pending: not embedded, not in ``failed`` (FAILED
+    partitions are the retries' business), no run of theirs queued or running. A recording whose error was
+    recorded inside the cancelled run is resumed too: its partition is CANCELED, not FAILED, so no retry would
+    ever come, and the sensor leaves recordings with an error to the retries. A cancelled run of these is tagged
+    RESUME_TRIGGER, so a second cancel is respected (the newest cancelled run is then not the sensor's)."""
+    waiting = [k for k in cancelled if k in current and current[k].pending and k not in failed]
     if not waiting:
         return []
     busy = in_flight(instance, keys)

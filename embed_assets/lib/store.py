@@ -23,7 +23,7 @@ from embed_assets.lib.db.rows import write_rows
 from embed_assets.lib.errors import ConfigError, EmbedAssetsError, RecordingDeletedError
 from embed_assets.lib.sources.formats import UnreadableSourceRow
 from embed_assets.lib.sources.tables import LOCK_RECORDING, lock_recording
-from embed_assets.lib.vector_cache import consume
+from embed_assets.lib.vector_cache import consume, keep_replaced
 
 
 class SourceChangedError(EmbedAssetsError):
@@ -336,13 +336,16 @@ def write_vectors(
                                      WHERE c.recording_id = v.recording_id AND c.model = v.model
                                        AND c.chunk_index = v.chunk_index AND c.content_hash = v.content_hash)
                    RETURNING v.chunk_index)
-               SELECT v.chunk_index, v.content_hash,
-                      NOT EXISTS (SELECT 1 FROM gone WHERE gone.chunk_index = v.chunk_index)
-               FROM {s}.chunk_vectors v WHERE v.recording_id = %(r)s AND v.model = %(m)s""",
+               SELECT v.chunk_index, v.content_hash, g.chunk_index IS NULL,
+                      CASE WHEN g.chunk_index IS NOT NULL THEN v.embedding END
+               FROM {s}.chunk_vectors v LEFT JOIN gone g ON g.chunk_index = v.chunk_index
+               WHERE v.recording_id = %(r)s AND v.model = %(m)s""",
             ),
             {"r": plan.recording_id, "m": plan.model_id},
         ).fetchall()
-        have = {i: h for i, h, stays in kept if stays}
+        have = {i: h for i, h, stays, _ in kept if stays}
+        # The vectors of chunks edited away were paid for: kept (after the commit) so a revert costs nothing.
+        replaced = {h: as_array(e) for _, h, stays, e in kept if not stays}
         deleted = len(kept) - len(have)
         items = sorted((i, r) for i, r in rows.items() if have.get(i) != r[0])
         statements, start, smallest = 0, 0, max(1, insert_batch_size)
@@ -369,6 +372,7 @@ def write_vectors(
     # In chunk_vectors now: out of the cache. After the commit, not inside the write: a row deleted there would stay
     # locked for the whole indexed write, and another run keeping the same text would wait for it. A kill between
     # the two leaves rows that expire (lib/vector_cache.py).
+    keep_replaced(conn, plan.model_id, list(replaced), list(replaced.values()))
     consume(conn, plan.model_id, [h for h, _ in rows.values()])
     adapted = ""
     if sizer and smallest < insert_batch_size and len(items) > smallest:

@@ -11,7 +11,8 @@ copied, reused or adopted.
 Bounded growth: a bought row (``expires_at`` set) goes once a write that uses it has committed (the vector then
 lives in ``chunk_vectors``, which plans also search); one no write used (a recording that never succeeds, a
 text edited away meanwhile) goes after EMBED_VECTOR_CACHE_DAYS. The vectors of a removed recording are kept the
-same way (``keep_removed``), so a recording that returns within the grace period costs nothing. Adopted rows
+same way (``keep_removed``), and so are those of chunks an edit replaced (``keep_replaced``), so a recording
+that returns, or an edit that is reverted, within the grace period costs nothing. Adopted rows
 (``embed-assets adopt``, no ``expires_at``) stay until their model is dropped.
 """
 
@@ -91,6 +92,28 @@ def consume(conn: psycopg.Connection, model_id: str, hashes: Sequence[str]) -> N
                WHERE model = %s AND content_hash = ANY(%s) AND expires_at IS NOT NULL""",
             (model_id, list(hashes)),
         )
+
+
+def keep_replaced(
+    conn: psycopg.Connection, model_id: str, hashes: Sequence[str], vectors: Sequence[np.ndarray]
+) -> None:
+    """Keep the vectors a write deleted because their chunks were edited away (every one was paid for), for
+    EMBED_VECTOR_CACHE_DAYS: an edit that is reverted (A -> B -> A) then costs nothing. Called after the write
+    committed (a row inserted inside it would make another run keeping the same text wait for the whole write)."""
+    if not len(hashes):
+        return
+    register_vector_types(conn)
+    grace = f"{vector_cache_days() * 86400:.0f} seconds"
+    _x(
+        conn,
+        """INSERT INTO {s}.vector_cache (model, content_hash, embedding, origin, expires_at)
+           SELECT DISTINCT ON (h) %(m)s, h, e, %(o)s, now() + %(g)s::interval
+           FROM unnest(%(h)b::text[], %(e)b::{v}.vector[]) AS kept (h, e) ORDER BY h
+           ON CONFLICT (model, content_hash) DO UPDATE
+           SET expires_at = greatest(vector_cache.expires_at, EXCLUDED.expires_at)
+           WHERE vector_cache.expires_at IS NOT NULL""",
+        {"m": model_id, "o": REMOVED, "g": grace, "h": list(hashes), "e": list(vectors)},
+    )
 
 
 def keep_removed(conn: psycopg.Connection, recording_ids: Sequence[str]) -> int:
