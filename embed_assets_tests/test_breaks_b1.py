@@ -48,12 +48,6 @@ def test_a_transcript_edited_a_b_a_does_not_buy_the_chunks_of_a_twice(conn: psyc
     assert back.embedded == 0, f"{back.embedded} chunk(s) of version A bought a second time"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a recording deleted from the project's own tables (SQL DELETE, then `load` again) loses its vectors by "
-    "ON DELETE CASCADE; only registry.remove (EMBED_SOURCE) keeps them. Needs a BEFORE DELETE trigger on recordings "
-    "that keeps the vectors (a new migration: left to the lead, who numbers migrations)",
-)
 def test_a_recording_deleted_from_the_project_tables_and_loaded_again_buys_nothing(conn: psycopg.Connection) -> None:
     emb = HashEmbedder()
     upsert_transcript(conn, transcript("r1", 30))

@@ -319,6 +319,10 @@ def chunk_embeddings(
                 retry_delay_s=config.step_retry_delay_s,
                 label=None if model.active else model.model_id,
             )
+            if isinstance(verdict, dg.Failure):  # what the provider answered was billed, whatever failed after it
+                verdict = dg.Failure(
+                    verdict.description, {**verdict.metadata, **_billed(run)}, allow_retries=verdict.allow_retries
+                )
             if verdict is not None:
                 failures.append((model.model_id, verdict))
     finally:
@@ -443,7 +447,8 @@ def _embed_model(
         )
     except (dg.Failure, dg.RetryRequested) as e:
         # What the provider answered was billed, whatever failed after it (lib/vector_cache.py keeps the vectors).
-        billed = {"tokens": recordings.totals.tokens, "estimated_cost_usd": round(recordings.totals.cost_usd(spec), 6)}
+        run.totals = recordings.totals
+        billed = _billed(run)
         if isinstance(e, dg.RetryRequested):
             context.log.warning(f"billed before the retry: {billed['tokens']} tokens (${billed['estimated_cost_usd']})")
             raise
@@ -452,6 +457,11 @@ def _embed_model(
         recordings.close()
         client.close()
         run.totals = recordings.totals
+
+
+def _billed(run: _ModelRun) -> dict[str, Any]:
+    """A failed step's bill for one model: the tokens the provider answered and their estimated cost."""
+    return {"tokens": run.totals.tokens, "estimated_cost_usd": round(run.totals.cost_usd(run.model.spec), 6)}
 
 
 def _report_partial(context: dg.AssetExecutionContext, runs: Sequence[_ModelRun], *, retrying: bool) -> None:

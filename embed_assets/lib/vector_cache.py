@@ -116,6 +116,12 @@ def keep_replaced(
     )
 
 
+def removal_grace(conn: psycopg.Connection) -> None:
+    """For this transaction: EMBED_VECTOR_CACHE_DAYS as the grace of the vectors that deleting a recording keeps
+    (the BEFORE DELETE trigger of migration 12 reads it; a DELETE by hand gets 7 days)."""
+    conn.execute("SELECT set_config('embed_assets.vector_cache_days', %s, true)", (str(vector_cache_days()),))
+
+
 def keep_removed(conn: psycopg.Connection, recording_ids: Sequence[str]) -> int:
     """Keep the vectors of recordings about to be removed (every model), content-addressed for
     EMBED_VECTOR_CACHE_DAYS: a recording that returns with the same text within that time costs nothing. Call it

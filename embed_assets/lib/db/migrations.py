@@ -427,6 +427,37 @@ def _paid_once(conn: psycopg.Connection, dim: int) -> None:
     _x(conn, "CREATE INDEX provider_usage_model_idx ON {s}.provider_usage (model, billed_at)")
 
 
+# A recording removed by any path (`embed-assets`, the source sync, a DELETE by hand or by a reload script) keeps
+# its vectors content-addressed in vector_cache for a grace period, so its return with the same text costs nothing
+# (issue 33 item 3). The grace is EMBED_VECTOR_CACHE_DAYS where the project deletes (lib/vector_cache.py sets
+# embed_assets.vector_cache_days for its transaction), 7 days for a DELETE by hand. SECURITY DEFINER: a worker or
+# an application role that may delete a recording needs no privilege on the cache.
+_KEEP_REMOVED_FUNCTION = """
+    CREATE OR REPLACE FUNCTION {s}.embed_assets_keep_removed_vectors() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+    BEGIN
+        INSERT INTO {s}.vector_cache (model, content_hash, embedding, origin, expires_at)
+        SELECT DISTINCT ON (v.model, v.content_hash) v.model, v.content_hash, v.embedding, 'removed',
+               now() + make_interval(secs => 86400 * coalesce(
+                   nullif(current_setting('embed_assets.vector_cache_days', true), '')::float8, 7))
+        FROM {s}.chunk_vectors v WHERE v.recording_id = OLD.recording_id
+        ORDER BY v.model, v.content_hash
+        ON CONFLICT (model, content_hash) DO UPDATE SET expires_at = greatest(vector_cache.expires_at,
+                                                                              EXCLUDED.expires_at)
+        WHERE vector_cache.expires_at IS NOT NULL;
+        RETURN OLD;
+    END $$"""
+
+
+def _keep_removed_vectors(conn: psycopg.Connection, dim: int) -> None:
+    _x(conn, _KEEP_REMOVED_FUNCTION)
+    _x(
+        conn,
+        """CREATE TRIGGER recordings_keep_vectors BEFORE DELETE ON {s}.recordings
+           FOR EACH ROW EXECUTE FUNCTION {s}.embed_assets_keep_removed_vectors()""",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "source tables", _source_tables),
     Migration(2, "chunk tables", _chunk_tables),
@@ -439,6 +470,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "run keys: a generation per recording and model, bumped by every change and re-insert", _generations),
     Migration(10, "paid once: bought vectors kept before the indexed write, billed usage per call", _paid_once),
     Migration(11, "segment seqs a source recording was chunked from; removals held by the guard", _source_guards),
+    Migration(12, "a removed recording's vectors kept in the vector cache, whatever deletes it", _keep_removed_vectors),
 )
 LATEST = MIGRATIONS[-1].version
 

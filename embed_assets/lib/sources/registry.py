@@ -16,7 +16,7 @@ import psycopg
 
 from embed_assets.lib.db.names import q
 from embed_assets.lib.sources.external import SourceRow
-from embed_assets.lib.vector_cache import keep_removed
+from embed_assets.lib.vector_cache import removal_grace
 
 ORIGIN = "source"  # recordings.origin of the rows kept for EMBED_SOURCE (NULL: the project's own tables)
 
@@ -106,9 +106,10 @@ def remove(conn: psycopg.Connection, ids: list[str]) -> int:
     for i in range(0, len(ids), 1000):
         part = ids[i : i + 1000]
         with conn.transaction():
-            # Their vectors stay content-addressed for EMBED_VECTOR_CACHE_DAYS: a recording that returns (a source
-            # table reloaded, a row back in the query) with the same text costs nothing.
-            keep_removed(conn, part)
+            # Their vectors stay content-addressed for EMBED_VECTOR_CACHE_DAYS (the delete's trigger keeps them): a
+            # recording that returns (a source table reloaded, a row back in the query) with the same text costs
+            # nothing.
+            removal_grace(conn)
             removed += conn.execute(
                 q(conn, "DELETE FROM {s}.recordings WHERE recording_id = ANY(%s) AND origin = %s"), (part, ORIGIN)
             ).rowcount
