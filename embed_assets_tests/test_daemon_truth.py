@@ -13,26 +13,39 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END_TAG
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START_TAG
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 from psycopg import sql
 
-from embed_assets.defs.runs import RANGE_END_TAG, RANGE_START_TAG, covered
+from embed_assets.defs.partitions import recordings_partitions
+from embed_assets.defs.schedules import retry_failed_recordings
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets.lib.transcripts import Segment, Transcript
 from embed_assets_tests.support.dagster_dev import DagsterDev, make_home
 from embed_assets_tests.support.openai_server import FakeOpenAI
 from embed_assets_tests.test_console import cli
-from embed_assets_tests.test_dead_runs import holding
-from embed_assets_tests.test_partial_runs import DONE, FAILED, retry_requests, statuses
-from embed_assets_tests.test_source_tables import JSON_SOURCE, add_call, app_db, turns, use_source  # noqa: F401
+from embed_assets_tests.test_source_tables import (  # noqa: F401 (app_db and use_source are fixtures)
+    JSON_SOURCE,
+    RESOURCES,
+    add_call,
+    app_db,
+    turns,
+    use_source,
+)
 
+# Only what the project had before the fixes is imported, so this file also runs against the commits before them.
 SENSOR = "new_recordings_sensor"
+POOL = "embedding_provider"
+EMBEDDINGS = dg.AssetKey("chunk_embeddings")
+DONE, FAILED = dg.AssetPartitionStatus.MATERIALIZED, dg.AssetPartitionStatus.FAILED
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -61,7 +74,23 @@ def sensor_range_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 def members(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
     """The partitions a range run covers, in the partitions' own order."""
     keys = list(instance.get_dynamic_partitions("recordings"))
-    return covered(run, {k: i for i, k in enumerate(keys)}, keys)
+    return keys[keys.index(run.tags[RANGE_START_TAG]) : keys.index(run.tags[RANGE_END_TAG]) + 1]
+
+
+def statuses(instance: dg.DagsterInstance, keys: list[str]) -> dict:
+    return instance.get_status_by_partition(EMBEDDINGS, keys, recordings_partitions)
+
+
+def retry_requests(instance: dg.DagsterInstance) -> list[str] | dg.SkipReason:
+    """One evaluation of the retry schedule against ``instance`` (as test_partial_runs does)."""
+    ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC), resources=RESOURCES)
+    result = retry_failed_recordings(ctx)
+    return result if isinstance(result, dg.SkipReason) else sorted(r.partition_key for r in result)
+
+
+def holding(instance: dg.DagsterInstance) -> list[str]:
+    """Run ids holding a slot of the provider pool."""
+    return [s.run_id for s in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots]
 
 
 def finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
@@ -141,8 +170,8 @@ def test_under_the_daemon_a_recording_deleted_before_its_range_run_starts_holds_
     """Issue 34 under the daemon: the sensor requests a range run over r-0..r-5; while it waits in the run queue
     (the test home's queue admits one run, and a first run is held at the provider by the loopback server), r-2
     (inside the range) and r-5 (its last partition) are deleted and a sensor tick sees the deletions. Then the
-    queue frees up and the range run starts. Before the fix the sensor deleted r-5's partition at once and the run,
-    resolving its range at start, failed as a whole: r-0, r-1, r-3 and r-4 FAILED, nothing embedded."""
+    queue frees up and the range run starts. Before bfa81bd the sensor deleted r-5's partition at once and the run
+    failed as a whole in its first step ("Partition range r-0 to r-5 is not valid"), r-0, r-1, r-3, r-4 included."""
     home = make_home(tmp_path / "dagster_home")
     config = (home / "dagster.yaml").read_text()
     assert config.count("max_concurrent_runs: 4") == 1
