@@ -17,6 +17,7 @@ import psycopg
 
 from embed_assets.lib.db.connection import vector_database_url
 from embed_assets_tests.bench import (
+    check_cost,
     e2e,
     models,
     providers,
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> Report:
         help="recordings of the two seed backfills the full seed is extrapolated from",
     )
     parser.add_argument("--partitions", default="10000,100000", help="partition counts of the UI scale figures")
+    parser.add_argument(
+        "--check-partitions", default="100000", help="partition counts of the completion check's per-run cost (check)"
+    )
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
     args = parser.parse_args(argv)
     n_vectors, n_docs, n_rec = (2_000, 120, 1_000) if args.quick else (args.vectors, args.docs, 100_000)
@@ -110,6 +114,9 @@ def main(argv: list[str] | None = None) -> Report:
     if "sources" in only:
         with tempfile.TemporaryDirectory() as work:
             sources.source_sync(url, 60 if args.quick else args.source_calls, report, progress, Path(work))
+    if "check" in only:  # not in the default groups: 1,000,000 takes minutes to set up (--check-partitions)
+        for n in (300,) if args.quick else [int(x) for x in args.check_partitions.split(",")]:
+            check_cost.completion_check_cost(url, n, report, progress)
     for n in () if args.skip_scale or "scale" not in only else (n_rec // 10, n_rec):
         scale.sensor_and_status(url, n, report, progress)
     report.write(args.out)
