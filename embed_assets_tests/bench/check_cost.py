@@ -47,7 +47,7 @@ def seed_corpus(url: str, n: int, failed: int, instance: dg.DagsterInstance, pro
         _copy(
             conn,
             "COPY embed_assets.embedded_recordings (recording_id, model, source_hash, chunk_count) FROM STDIN",
-            [f"{k}\t{model}\thash{i}\t1\n" for i, k in enumerate(keys[failed:])],
+            [f"{k}\t{model}\thash{i}\t1\n" for i, k in enumerate(keys) if i >= failed],
         )
         conn.execute("ANALYZE embed_assets.recordings")
         conn.execute("ANALYZE embed_assets.embedded_recordings")
@@ -89,7 +89,7 @@ def completion_check_cost(url: str, n: int, report: Report, progress, failed: in
                 result = completion_rate(ctx, store=store, embedder=embedder)
                 times.append(time.perf_counter() - started)
         md = {k: v.value for k, v in result.metadata.items()}
-        assert (md["recordings"], md["failed"]) == (n, failed), md
+        assert (md["recordings"], md["embedded"], md["failed"]) == (n, n - failed, failed), md
         progress(f"completion_rate at {n:,}: {min(times):.2f} s; {reads.line()}")
         report.add(Figure(f"completion_check_{n}", min(times), "s"))
         report.add(Figure(f"completion_check_statements_{n}", reads.statements, "statements"))
