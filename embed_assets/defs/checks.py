@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from embed_assets.defs.assets import chunk_embeddings, transcript_chunks
-from embed_assets.defs.health import failure_state
+from embed_assets.defs.health import failed_keys, failure_state
 from embed_assets.defs.partitions import recordings_partitions
 from embed_assets.defs.resources import EmbedderResource, VectorStoreResource
 from embed_assets.lib.db.connection import redact_url
@@ -82,18 +82,31 @@ def source_description(store: VectorStoreResource) -> str:
     return source.describe() if source else "project tables (recordings, transcript_segments)"
 
 
-def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, model_id: str) -> dict[str, Any]:
-    """Everything `completion_rate` and `embed-assets status` report, computed once, the same way."""
+def pipeline_health(
+    instance: dg.DagsterInstance, store: VectorStoreResource, model_id: str, count_partitions: bool = True
+) -> dict[str, Any]:
+    """Everything `completion_rate` and `embed-assets status` report, computed once, the same way. Its cost does not
+    grow with the corpus beyond SQL aggregates (the completion check runs after every run, issue 33 item 10):
+    Dagster is asked for its FAILED partitions only (`failed_keys`), and run history for theirs only.
+    ``count_partitions``: also count the registered partitions (`status`; this one lists them all)."""
     settings = automation_settings()
-    keys = instance.get_dynamic_partitions(recordings_partitions.name)
+    failed = failed_keys(instance)
     with store.connect() as conn:
         db = db_status(conn, model_id)
-        hashes = source_hashes(conn, keys)
+        hashes = source_hashes(conn, failed)
         state = failure_state(
-            instance, keys, hashes, settings.small_batch_attempts, lambda failed: incident_starts(conn, failed)
+            instance,
+            failed,
+            hashes,
+            settings.small_batch_attempts,
+            lambda failed: incident_starts(conn, failed),
+            known_failed=True,
         )
         errors = last_errors(conn, model_id, state.all_failed[:50])
-        models = {c.model_id: c.as_dict() for c in coverage(conn)}
+        models = {
+            c.model_id: c.as_dict()
+            for c in coverage(conn, {model_id: (db.recordings, db.embedded_current, db.vectors)})
+        }
         thresholds = Thresholds(in_flight_grace_s=settings.in_flight_grace_s)
         work = backlog(conn, model_id, state.dead_lettered, thresholds.in_flight_grace_s)
         held = held_removals(conn)
@@ -101,7 +114,7 @@ def pipeline_health(instance: dg.DagsterInstance, store: VectorStoreResource, mo
     return {
         "source": source_description(store),
         "db": db,
-        "partitions": len(keys),
+        "partitions": len(instance.get_dynamic_partitions(recordings_partitions.name)) if count_partitions else None,
         "failed": state.failed,
         "dead_lettered": state.dead_lettered,
         "attempts": state.attempts,
@@ -122,7 +135,7 @@ def completion_rate(
     letters 0-20 healthy, 21-50 WARN, > 50 ERROR; nothing embedded for 1 h / 6 h while work is pending:
     WARN / ERROR). Global, not per partition: a rate is a property of the whole set."""
     models = store.models(embedder.spec())
-    h = pipeline_health(context.instance, store, models[0].model_id)
+    h = pipeline_health(context.instance, store, models[0].model_id, count_partitions=False)
     db = h["db"]
     dead = h["dead_lettered"]
     return dg.AssetCheckResult(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from embed_assets.defs.partitions import recordings_partitions
+from embed_assets.defs.status_cache import status_subsets
 
 RETRY_TRIGGER = "retry"
 TRIGGER_TAG = "embed_assets/trigger"
@@ -44,19 +45,39 @@ def failed_partitions(instance: dg.DagsterInstance, keys: list[str]) -> list[str
     return [k for k in keys if status.get(k) == dg.AssetPartitionStatus.FAILED]
 
 
+def failed_keys(instance: dg.DagsterInstance) -> list[str]:
+    """The FAILED partitions of chunk_embeddings, as `failed_partitions` over every registered partition says, read
+    from Dagster's asset status cache (the subsets `get_status_by_partition` reads, defs/status_cache.py): the failed
+    subset minus the in-progress one, of partitions still registered (one query). Its work grows with the failures
+    and the events since the cache's last refresh, not with the corpus: no partition is listed, none gets a status
+    built."""
+    if not instance.can_read_asset_status_cache():
+        return failed_partitions(instance, list(instance.get_dynamic_partitions(recordings_partitions.name)))
+    value = status_subsets(instance, EMBEDDINGS)
+    if value is None:
+        return []
+    failed = value.deserialize_failed_partition_subsets(recordings_partitions).get_partition_keys()
+    running = set(value.deserialize_in_progress_partition_subsets(recordings_partitions).get_partition_keys())
+    failed = [k for k in failed if k not in running]
+    registered = instance.get_existing_dynamic_partitions(recordings_partitions.name, failed) if failed else set()
+    return sorted(k for k in failed if k in registered)
+
+
 def failure_state(
     instance: dg.DagsterInstance,
     keys: list[str],
     hashes: dict[str, str],
     max_attempts: int,
     incidents: Callable[[list[str]], Mapping[str, datetime | None]] | None = None,
+    known_failed: bool = False,
 ) -> FailureState:
     """Split the FAILED partitions (of recordings still in the source) into retryable and dead-lettered.
     ``incidents``: given the failed ones, when each one's current incident began (lib/health/incidents.py
     `incident_starts`); retry runs created before it do not count (without it, every retry of the transcript does).
-    Only the failed partitions' retry runs are read, all of them, in batches of RUN_QUERY_BATCH partitions."""
+    Only the failed partitions' retry runs are read, all of them, in batches of RUN_QUERY_BATCH partitions.
+    ``known_failed``: ``keys`` are the FAILED partitions already (`failed_keys`), not asked of Dagster again."""
     state = FailureState()
-    failed = [k for k in failed_partitions(instance, keys) if k in hashes]
+    failed = [k for k in (keys if known_failed else failed_partitions(instance, keys)) if k in hashes]
     if not failed:
         return state
     since = incidents(failed) if incidents is not None else {}

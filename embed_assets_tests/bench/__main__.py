@@ -17,6 +17,7 @@ import psycopg
 
 from embed_assets.lib.db.connection import vector_database_url
 from embed_assets_tests.bench import (
+    check_cost,
     e2e,
     models,
     providers,
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--skip-scale", action="store_true", help="leave out the sensor/status figures")
     parser.add_argument(
         "--only",
-        default="providers,write,models,search,retrieval,scale,e2e,seed,ui,sources",
+        default="providers,write,models,search,retrieval,scale,check,e2e,seed,ui,sources",
         help="comma-separated figure groups",
     )
     parser.add_argument("--vectors", type=int, default=100_000)
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> Report:
         help="recordings of the two seed backfills the full seed is extrapolated from",
     )
     parser.add_argument("--partitions", default="10000,100000", help="partition counts of the UI scale figures")
+    parser.add_argument(
+        "--check-partitions",
+        default="100000",
+        help="partition counts of the completion check's per-run cost (check); 1000000 adds ~1 min of setup",
+    )
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("EMBED_HOME", ".embed_assets")) / "bench.json")
     args = parser.parse_args(argv)
     n_vectors, n_docs, n_rec = (2_000, 120, 1_000) if args.quick else (args.vectors, args.docs, 100_000)
@@ -110,6 +116,9 @@ def main(argv: list[str] | None = None) -> Report:
     if "sources" in only:
         with tempfile.TemporaryDirectory() as work:
             sources.source_sync(url, 60 if args.quick else args.source_calls, report, progress, Path(work))
+    if "check" in only:  # 1,000,000 (--check-partitions 100000,1000000) takes ~1 min to set up
+        for n in (300,) if args.quick else [int(x) for x in args.check_partitions.split(",")]:
+            check_cost.completion_check_cost(url, n, report, progress)
     for n in () if args.skip_scale or "scale" not in only else (n_rec // 10, n_rec):
         scale.sensor_and_status(url, n, report, progress)
     report.write(args.out)

@@ -86,9 +86,13 @@ def db_status(conn: psycopg.Connection, model: str, sample_ids: int = 20) -> DbS
         for r in conn.execute(
             q(
                 conn,
-                """SELECT r.recording_id FROM {s}.recordings r
-               JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s
-               WHERE e.source_hash <> r.content_hash ORDER BY r.updated_at DESC LIMIT %s""",
+                # MATERIALIZED: with the LIMIT alone the planner walks every recording by updated_at, probing
+                # embedded_recordings once each, when few or none are stale (0.69 s at 100,000; `make bench`)
+                """WITH stale AS MATERIALIZED (
+                       SELECT r.recording_id, r.updated_at FROM {s}.recordings r
+                       JOIN {s}.embedded_recordings e ON e.recording_id = r.recording_id AND e.model = %s
+                       WHERE e.source_hash <> r.content_hash)
+               SELECT recording_id FROM stale ORDER BY updated_at DESC LIMIT %s""",
             ),
             (model, sample_ids),
         )

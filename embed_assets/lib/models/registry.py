@@ -13,6 +13,7 @@ the registry rules and a change of model goes through ``embed-assets model shado
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -232,21 +233,26 @@ class Coverage:
         }
 
 
-def coverage(conn: psycopg.Connection) -> list[Coverage]:
+def coverage(conn: psycopg.Connection, known: Mapping[str, tuple[int, int, int]] | None = None) -> list[Coverage]:
     """Every registered model's completion (the active one first), each number a query away for the user:
-    embedded = recordings with a row in embedded_recordings for the model and their current content hash."""
+    embedded = recordings with a row in embedded_recordings for the model and their current content hash.
+    ``known``: model -> (recordings, embedded, vectors) the caller has counted already (lib/health/status.py
+    `db_status`, the same queries), so a model's vectors are not counted twice per run."""
     out = []
     for r in registered(conn):
-        total, current = conn.execute(
-            q(
-                conn,
-                """SELECT count(*), count(e.recording_id) FROM {s}.recordings rec
-                   LEFT JOIN {s}.embedded_recordings e ON e.recording_id = rec.recording_id AND e.model = %s
-                        AND e.source_hash = rec.content_hash""",
-            ),
-            (r.model_id,),
-        ).fetchone()
-        vectors = conn.execute(q(conn, "SELECT count(*) FROM {s}.{p}", p=sql.Identifier(r.partition))).fetchone()[0]
+        if known and r.model_id in known:
+            total, current, vectors = known[r.model_id]
+        else:
+            total, current = conn.execute(
+                q(
+                    conn,
+                    """SELECT count(*), count(e.recording_id) FROM {s}.recordings rec
+                       LEFT JOIN {s}.embedded_recordings e ON e.recording_id = rec.recording_id AND e.model = %s
+                            AND e.source_hash = rec.content_hash""",
+                ),
+                (r.model_id,),
+            ).fetchone()
+            vectors = conn.execute(q(conn, "SELECT count(*) FROM {s}.{p}", p=sql.Identifier(r.partition))).fetchone()[0]
         index = index_strategy(conn, r)
         out.append(
             Coverage(r.model_id, r.state, r.spec.dimension, total, current, vectors, index.name if index else "none")

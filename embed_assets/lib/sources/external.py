@@ -148,6 +148,18 @@ class ExternalSource:
         rows = self._run(conn, "recordings query", query)
         return {r[0] for r in rows if r[0] is not None}
 
+    def ids_fingerprint(self, conn: psycopg.Connection) -> list[int]:
+        """[row count, sum of a 60-bit hash of each id], computed by the source server: one row crosses the wire.
+        Equal fingerprints: the same ids as when it was taken (a changed set colliding has odds of 2**-60)."""
+        self.validate(conn)
+        query = self._wrap(
+            """SELECT count(*), coalesce(sum(('x' || substr(md5(src.recording_id::text), 1, 15))::bit(60)::bigint), 0)
+               FROM ({query}) src WHERE src.recording_id IS NOT NULL""",
+            self.definition.recordings_sql,
+        )
+        count, total = self._run(conn, "recordings query", query)[0]
+        return [int(count), int(total)]
+
     def now(self, conn: psycopg.Connection) -> datetime:
         return conn.execute("SELECT now()").fetchone()[0]
 

@@ -40,6 +40,29 @@ def loaded_ids(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute(q(conn, "SELECT recording_id FROM {s}.recordings WHERE origin IS NULL"))}
 
 
+def registry_counts(conn: psycopg.Connection) -> list[int]:
+    """[the source's recordings, recordings loaded from files]: what a source pass compares ids against."""
+    row = conn.execute(
+        q(
+            conn,
+            "SELECT count(*) FILTER (WHERE origin = %s), count(*) FILTER (WHERE origin IS NULL) FROM {s}.recordings",
+        ),
+        (ORIGIN,),
+    ).fetchone()
+    return [int(row[0]), int(row[1])]
+
+
+def loaded_among(conn: psycopg.Connection, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` loaded into the project's own tables."""
+    return {
+        r[0]
+        for r in conn.execute(
+            q(conn, "SELECT recording_id FROM {s}.recordings WHERE origin IS NULL AND recording_id = ANY(%s)"),
+            (list(ids),),
+        )
+    }
+
+
 def origin_of(conn: psycopg.Connection, recording_id: str) -> str | None:
     """'source', None (the project's tables), or '' when the recording is unknown."""
     row = conn.execute(
