@@ -53,7 +53,12 @@ def hours_pass(conn: psycopg.Connection, hours: int, ids: list[str] | None = Non
 
 
 def health(inst: dg.DagsterInstance) -> dict:
-    result = dg.materialize([health_asset], instance=inst, resources=RESOURCES)
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    # Dagster resolves new Definitions against the "current" defs-state storage (a ContextVar); runs executed in
+    # process earlier in the test can leave it pointing at an instance they disposed. Name this test's instance.
+    with set_defs_state_storage(inst.defs_state_storage):
+        result = dg.materialize([health_asset], instance=inst, resources=RESOURCES)
     md = result.asset_materializations_for_node("pipeline_health")[0].metadata
     return {k: v.value for k, v in md.items()}
 
