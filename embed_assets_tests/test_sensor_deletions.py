@@ -6,30 +6,19 @@ unfinished run names it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import dagster as dg
 import psycopg
-import pytest
 
 from embed_assets.defs.runs import RANGE_END_TAG, RANGE_START_TAG
 from embed_assets.lib.sources.tables import upsert_transcript
 from embed_assets_tests.test_run_keys import add_run, rec, tick
-
-
-@pytest.fixture(autouse=True)
-def settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMBED_SENSOR_SETTLE_S", "0")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
+from embed_assets_tests.test_sensors import instance, settle  # noqa: F401 (fixtures)
 
 
 def test_a_bound_of_a_queued_range_run_is_deleted_only_after_the_run_ends(
-    conn: psycopg.Connection, instance: dg.DagsterInstance
+    conn: psycopg.Connection,
+    instance: dg.DagsterInstance,  # noqa: F811 (the fixture imported above)
 ) -> None:
     ids = [f"rd-{i}" for i in range(5)]
     for rid in ids:
@@ -58,7 +47,8 @@ def test_a_bound_of_a_queued_range_run_is_deleted_only_after_the_run_ends(
 
 
 def test_a_held_deletion_is_dropped_when_the_recording_is_loaded_again(
-    conn: psycopg.Connection, instance: dg.DagsterInstance
+    conn: psycopg.Connection,
+    instance: dg.DagsterInstance,  # noqa: F811 (the fixture imported above)
 ) -> None:
     for rid in ("rl-0", "rl-1", "rl-2"):
         upsert_transcript(conn, rec(rid, "the renewal"))
