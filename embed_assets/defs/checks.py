@@ -108,7 +108,7 @@ def pipeline_health(
             for c in coverage(conn, {model_id: (db.recordings, db.embedded_current, db.vectors)})
         }
         thresholds = Thresholds(in_flight_grace_s=settings.in_flight_grace_s)
-        work = backlog(conn, model_id, state.dead_lettered, thresholds.in_flight_grace_s)
+        work = backlog(conn, model_id, state.dead_lettered, thresholds.in_flight_grace_s, state.failed)
         held = held_removals(conn)
     level, reasons = verdict(db, len(state.failed), len(state.dead_lettered), thresholds, work, held)
     return {
